@@ -1,0 +1,329 @@
+"""The ``brainvq`` command line: one subcommand per stage, plus ``pipeline``, ``demo`` and ``report``.
+
+Every user-facing error (bad data, bad config, a run that would be overwritten, a mismatched
+checkpoint) prints one ``brainvq: error: ...`` line and exits non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from brainvq.errors import BrainVQError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from brainvq.config import find_preset, load_config
+
+    path = args.config
+    if getattr(args, "preset", None):
+        path = path or find_preset(args.preset)
+    overrides = list(args.set or [])
+    if getattr(args, "data", None):
+        overrides.insert(0, f"data.root={args.data}")
+    return load_config(path, overrides)
+
+
+def _stop_overrides(args: argparse.Namespace, section: str) -> list[str]:
+    out = []
+    for flag, key in (("epochs", "epochs"), ("max_steps", "max_steps"), ("max_minutes", "max_minutes")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"{section}.{key}={value}")
+    return out
+
+
+def _print(data: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            print(f"{key}: {value}")
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from brainvq.phantom import make_phantom
+
+    if args.subjects < 3:
+        raise BrainVQError("--subjects must be at least 3 (one subject per split)")
+    started = time.monotonic()
+    counts = make_phantom(args.out, args.subjects, seed=args.seed, size=args.size, num_slices=args.slices)
+    seconds = time.monotonic() - started
+    total = sum(counts.values())
+    print(
+        f"wrote {total} slices ({', '.join(f'{k} {v}' for k, v in counts.items())}) to {args.out} "
+        f"in {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} slices/s)"
+    )
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from brainvq.data import check_data
+
+    report = check_data(args.data)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['root']} ({report['layout']} layout)")
+        for split, s in report["splits"].items():
+            size = ", ".join(f"{w}x{h}" for w, h in s["image_size"]) or "-"
+            print(
+                f"  {split:9s} {s['images']:6d} images  {s['subjects']:4d} subjects  "
+                f"slices/subject {s['slices_per_subject']}  size {size}  dtype {','.join(s['dtype'])}  "
+                f"range {s['intensity_range']}  masks {s['masks']}"
+            )
+        for problem in report["problems"]:
+            print(f"  problem: {problem}")
+        print("no problems found" if not report["problems"] else f"{len(report['problems'])} problems found")
+    return 1 if report["problems"] else 0
+
+
+def cmd_train_vqvae(args: argparse.Namespace) -> int:
+    from brainvq.config import apply_overrides
+    from brainvq.train import train_vqvae
+
+    config = apply_overrides(_config(args), _stop_overrides(args, "train"))
+    summary = train_vqvae(config, args.run, resume=args.resume, force=args.force, progress=not args.quiet)
+    _print(summary, args.json)
+    return 0
+
+
+def cmd_train_prior(args: argparse.Namespace) -> int:
+    from brainvq.config import apply_overrides
+    from brainvq.train import train_prior
+
+    config = apply_overrides(_config(args), _stop_overrides(args, "prior_train"))
+    summary = train_prior(config, args.run, resume=args.resume, force=args.force, progress=not args.quiet)
+    _print(summary, args.json)
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from brainvq.pipeline import encode_run
+
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    _print(encode_run(args.run, args.data, splits, batch_size=args.batch_size, device=args.device), args.json)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from brainvq.pipeline import evaluate_run
+
+    result = evaluate_run(
+        args.run, args.data, args.split, batch_size=args.batch_size, device=args.device, precision=args.precision
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            if key != "per_subject_ssim":
+                print(f"{key}: {value}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from brainvq.pipeline import sample_run
+
+    result = sample_run(
+        args.run,
+        args.n,
+        seed=args.seed,
+        temperature=args.temperature,
+        slice_index=args.slice,
+        batch_size=args.batch_size,
+        sampler=args.sampler,
+        out=args.out,
+        device=args.device,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("n", "seconds", "images", "grid", "sampler")}, indent=2))
+    else:
+        print(
+            f"{result['n']} slices in {result['seconds']:.1f} s ({result['sampler']} sampler) -> {result['grid']}"
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from brainvq.figures import all_training_figures
+    from brainvq.report import write_report
+    from brainvq.runs import RunDir
+
+    run = RunDir(args.run)
+    if not run.root.is_dir():
+        raise BrainVQError(f"{run.root}: run directory does not exist")
+    all_training_figures(run)
+    print(write_report(run.root))
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from brainvq.pipeline import headline, run_pipeline
+
+    config = _config(args)
+    summary = run_pipeline(
+        config, args.run, force=args.force, progress=not args.quiet, samples=args.samples, device=args.device
+    )
+    print(f"report: {summary['report']}")
+    print(json.dumps(headline(args.run), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from brainvq.config import find_preset, load_config
+    from brainvq.phantom import make_phantom
+    from brainvq.pipeline import headline, run_pipeline
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise BrainVQError(f"{out}: already exists; pass --force to redo the demo there")
+    started = time.monotonic()
+    data = out / "phantom"
+    if args.force and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    print(f"[demo] writing a synthetic phantom dataset to {data} ...", flush=True)
+    make_phantom(data, args.subjects, seed=0, size=args.size)
+    config = load_config(find_preset("demo"), [f"data.root={data}", *(args.set or [])])
+    summary = run_pipeline(config, out / "run", progress=True, samples=16, device=args.device)
+    minutes = (time.monotonic() - started) / 60
+    print(f"\n[demo] finished in {minutes:.1f} min. Report: {summary['report']}")
+    print(json.dumps(headline(out / "run"), indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML config file (sections data/model/prior/train/...)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set model.num_embeddings=256 (repeatable)",
+    )
+
+
+def _add_stop_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--max-minutes", type=float)
+    parser.add_argument("--resume", action="store_true", help="continue the run's last checkpoint")
+    parser.add_argument("--force", action="store_true", help="start this stage over, replacing what the run holds")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brainvq", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantom", help="write a synthetic phantom dataset in the OASIS layout")
+    p.add_argument("out", type=Path)
+    p.add_argument("--subjects", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--slices", type=int, default=32)
+    p.set_defaults(handler=cmd_phantom)
+
+    p = sub.add_parser("check-data", help="report images, subjects, sizes and problems per split")
+    p.add_argument("data", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_check_data)
+
+    p = sub.add_parser("train-vqvae", help="train (or resume) the VQ-VAE of a run")
+    p.add_argument("--data", type=Path)
+    p.add_argument("--run", type=Path, required=True)
+    _add_config_args(p)
+    _add_stop_args(p)
+    p.set_defaults(handler=cmd_train_vqvae)
+
+    p = sub.add_parser("train-prior", help="train (or resume) the PixelCNN prior on the run's code maps")
+    p.add_argument("--run", type=Path, required=True)
+    _add_config_args(p)
+    _add_stop_args(p)
+    p.set_defaults(handler=cmd_train_prior)
+
+    p = sub.add_parser("encode", help="encode splits into code maps stored in the run")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--splits", default="train,validate")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_encode)
+
+    p = sub.add_parser("evaluate", help="SSIM/PSNR/MS-SSIM, code usage and prior metrics on a split")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--split", default="validate")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", help="override the run's precision (e.g. 32-true)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="generate new slices with the run's prior and decoder")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--slice", type=int, help="slice index to condition on (slice-conditioned priors)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--sampler", choices=("fast", "naive"), default="fast")
+    p.add_argument("--out", type=Path, help="output folder (default RUN/samples)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_sample)
+
+    p = sub.add_parser("report", help="write RUN/report.html (self-contained) and the training figures")
+    p.add_argument("--run", type=Path, required=True)
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("pipeline", help="every stage from data to report; finished stages are skipped")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--preset", default="oasis-cpu", help="a configs/ preset: oasis-cpu, oasis-gpu, demo")
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="delete RUN and start over")
+    p.add_argument("--quiet", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(handler=cmd_pipeline)
+
+    p = sub.add_parser("demo", help="phantom data -> VQ-VAE -> prior -> samples -> report, in minutes on a CPU")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--subjects", type=int, default=24)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``brainvq`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except BrainVQError as error:
+        print(f"brainvq: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("brainvq: interrupted (the last checkpoint was saved; --resume continues)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Code maps: every slice of a split encoded by the VQ-VAE into a (h, w) grid of code indices.
+
+Stored per split as ``RUN/codes/{split}.pt`` (int16 indices plus subject id and slice index per
+map), written atomically and reused by the prior's training, evaluation and figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brainvq.data import SliceDataset, iterate_batches
+from brainvq.errors import RunError
+from brainvq.models.vqvae import VQVAE
+from brainvq.runs import atomic_torch_save
+
+
+@dataclass
+class CodeMaps:
+    """The code maps of one split."""
+
+    indices: torch.Tensor  # (N, h, w) int16 (int32 for codebooks over 32,767 entries)
+    subjects: torch.Tensor  # (N,) int64, -1 when unknown
+    slices: torch.Tensor  # (N,) int64, -1 when unknown
+    split: str
+    num_embeddings: int
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def save(self, path: Path) -> None:
+        atomic_torch_save(
+            path,
+            {
+                "format": "brainvq-codes-v1",
+                "indices": self.indices,
+                "subjects": self.subjects,
+                "slices": self.slices,
+                "split": self.split,
+                "num_embeddings": self.num_embeddings,
+                "image_size": list(self.image_size),
+            },
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> CodeMaps:
+        if not Path(path).is_file():
+            raise RunError(f"{path}: code maps not found (run `brainvq encode` first)")
+        try:
+            data: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise RunError(f"{path}: unreadable code maps ({type(error).__name__}: {error})") from None
+        if not isinstance(data, dict) or data.get("format") != "brainvq-codes-v1":
+            raise RunError(f"{path}: not a brainvq code-map file")
+        return cls(
+            data["indices"],
+            data["subjects"],
+            data["slices"],
+            data["split"],
+            data["num_embeddings"],
+            tuple(data["image_size"]),
+        )
+
+    def batch(self, indices: torch.Tensor | list[int]) -> dict[str, torch.Tensor]:
+        """A training batch: ``codes`` (B, h, w) int64 and ``slice`` (B,) int64."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return {"codes": self.indices[index].long(), "slice": self.slices[index]}
+
+
+def check_image_size(model: VQVAE, image_size: tuple[int, int], trained_size: tuple[int, int] | None) -> None:
+    """Refuse images the model cannot encode, or of another size than it was trained on."""
+    try:
+        model.code_shape(image_size)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    if trained_size is not None and tuple(trained_size) != tuple(image_size):
+        raise RunError(
+            f"the data's images are {image_size[1]}x{image_size[0]} but this VQ-VAE was trained on "
+            f"{trained_size[1]}x{trained_size[0]} images"
+        )
+
+
+@torch.no_grad()
+def encode_dataset(
+    model: VQVAE,
+    dataset: SliceDataset,
+    split: str,
+    *,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> CodeMaps:
+    """Encode every slice of ``dataset`` with ``model`` (in eval mode)."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    chunks = []
+    code_dtype = torch.int16 if model.config.num_embeddings <= 32767 else torch.int32
+    for batch in iterate_batches(dataset, batch_size):
+        images = batch["image"].to(device)
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+        ):
+            chunks.append(model.encode(images).to(code_dtype).cpu())
+    return CodeMaps(
+        indices=torch.cat(chunks),
+        subjects=dataset.subjects(),
+        slices=dataset.slice_indices(),
+        split=split,
+        num_embeddings=model.config.num_embeddings,
+        image_size=dataset.image_size,
+    )

@@ -1,0 +1,269 @@
+"""Typed configuration: dataclasses for every stage, YAML loading, dotted CLI overrides.
+
+Defaults reproduce the seed design (a VQ-VAE with two 4x4 stride-2 convolutions and two
+residual blocks, and a PixelCNN with a 7x7 mask-A convolution and two residual blocks),
+with the non-collapsing quantiser (EMA + data init + dead-code restart) as the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from brainvq.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    """Where the slices come from and how much of them to use."""
+
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "validate"
+    limit_subjects: int | None = None
+    limit_images: int | None = None
+    val_limit_images: int | None = None
+    in_memory: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """VQ-VAE architecture and quantiser (van den Oord et al. 2017, "Neural Discrete Representation Learning").
+
+    ``quantizer``: ``ema`` (EMA codebook updates, Razavi et al. 2019) or ``loss`` (the seed's
+    codebook-loss variant). ``codebook_init``: ``kmeans++`` (k-means++ seeding on the first batch's encoder outputs),
+    ``data`` (random encoder outputs of the first batch) or ``uniform`` (the seed's). ``dead_code_steps``: restart a code unused for that
+    many training steps (0 disables). ``output``: ``clamp`` (linear decoder, clamped to [0, 1] for
+    images and metrics) or ``sigmoid``.
+    """
+
+    in_channels: int = 1
+    hidden_channels: int = 128
+    residual_hidden_channels: int = 32
+    num_residual_blocks: int = 2
+    embedding_dim: int = 64
+    num_embeddings: int = 512
+    downsample: int = 4
+    output: str = "clamp"
+    quantizer: str = "ema"
+    commitment_cost: float = 0.25
+    ema_decay: float = 0.99
+    ema_epsilon: float = 1e-5
+    codebook_init: str = "kmeans++"
+    dead_code_steps: int = 100
+
+
+@dataclass
+class PriorConfig:
+    """PixelCNN prior over code maps (van den Oord et al. 2016, "Pixel Recurrent Neural Networks" /
+    "Conditional Image Generation with PixelCNN Decoders").
+
+    ``arch``: ``pixelcnn`` (the seed: 7x7 mask-A conv, residual blocks of 1x1 -> 3x3 mask-B -> 1x1)
+    or ``gated`` (vertical and horizontal stacks with gated activations, no blind spot).
+    ``condition_on_slice``: learn a conditional bias from the slice index (0..num_slices-1).
+    ``positional``: add a learned embedding of each code position to the input, so the prior knows
+    where in the slice it is (``code_height``/``code_width`` are filled in by train-prior).
+    """
+
+    arch: str = "pixelcnn"
+    embedding_dim: int = 64
+    hidden_channels: int = 128
+    num_layers: int = 2
+    input_kernel_size: int = 7
+    kernel_size: int = 3
+    condition_on_slice: bool = False
+    num_slices: int = 32
+    positional: bool = False
+    code_height: int | None = None
+    code_width: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """One training stage (used for both the VQ-VAE and the prior)."""
+
+    batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    epochs: int | None = None
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    recon_loss: str = "mse"
+    ssim_weight: float = 1.0
+    checkpoint_every_steps: int = 500
+    snapshot_every_epochs: int = 1
+    validate_every_epochs: int = 1
+    val_batch_size: int = 64
+    grad_clip: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class FabricConfig:
+    """Devices, nodes, strategy and precision for Lightning Fabric.
+
+    ``precision: auto`` resolves to ``bf16-mixed`` on CUDA and on CPUs with native bf16
+    (avx512_bf16/AMX), else ``32-true``. ``channels_last`` speeds up the convolutions.
+    """
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+
+
+@dataclass
+class SampleConfig:
+    """Ancestral sampling from the prior."""
+
+    n: int = 16
+    batch_size: int = 16
+    temperature: float = 1.0
+    sampler: str = "fast"
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved resolved into the run directory and every checkpoint."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prior_train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, lr=1e-3))
+    fabric: FabricConfig = field(default_factory=FabricConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (YAML- and checkpoint-safe)."""
+        return asdict(self)
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """Return ``value`` coerced to ``hint`` (ints to floats only), or raise ConfigError."""
+    origin = get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}': expected {hint}, got {value!r}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, str):
+        try:
+            return hint(value)  # YAML 1.1 reads "1e-3" as a string
+        except ValueError:
+            raise ConfigError(f"config key '{key}': expected {hint.__name__}, got {value!r}") from None
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected {hint.__name__}, got {value!r}")
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ConfigError(f"config key '{key}': expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(known))})")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(typing.cast(type, hint), value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a (possibly partial) nested dict; defaults fill the rest."""
+    return _from_dict(Config, data or {})
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    config_from_dict(data)  # validate the file on its own so errors name the file's keys
+    return apply_overrides(config_from_dict(data), overrides or [])
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Return a copy of ``config`` with dotted ``section.key=value`` overrides (values parsed as YAML)."""
+    data = config.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"unknown config key '{key}'")
+            node = node[part]
+        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            raise ConfigError(f"unknown config key '{key}'")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+    return config_from_dict(data)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write ``config`` as YAML atomically."""
+    from brainvq.runs import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def find_preset(name: str) -> Path:
+    """Resolve a preset name (``oasis-cpu``) or a YAML path to a file under ``configs/``."""
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    for folder in (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs"):
+        path = folder / f"{name}.yaml"
+        if path.is_file():
+            return path
+    raise ConfigError(f"preset '{name}' not found (looked for configs/{name}.yaml)")

@@ -1,0 +1,240 @@
+"""PixelCNN priors over code maps: the seed PixelCNN and the Gated PixelCNN.
+
+Both are written as ``embed`` followed by a list of ``stages``. Every stage is a 'same'-padded,
+causal function of its input whose output at (r, c) depends only on inputs in rows <= r within
+Chebyshev distance ``stage.radius``. Stages take a state (a tensor, or a (vertical, horizontal)
+pair for the gated model) and an optional slice-index condition. This structure is what lets
+:mod:`brainvq.sample` compute the next position's logits on a small window (exactly).
+
+References: van den Oord et al. 2016, "Pixel Recurrent Neural Networks" (masks A and B);
+van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders" (gated
+vertical/horizontal stacks without a blind spot, conditional biases).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from brainvq.config import PriorConfig
+from brainvq.models.layers import ConditionalBias, MaskedConv2d
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def _bias(
+    module: ConditionalBias | None, condition: torch.Tensor | None, like: torch.Tensor
+) -> torch.Tensor | float:
+    if module is None:
+        return 0.0
+    if condition is None:
+        raise ValueError("this prior is conditioned on the slice index: pass condition=(B,) slice indices")
+    return module(condition).to(like.dtype)  # keep bf16 activations bf16 under autocast
+
+
+class InputStage(nn.Module):
+    """ReLU(7x7 mask-A convolution + conditional bias)."""
+
+    radius: int
+
+    def __init__(self, in_channels: int, channels: int, kernel_size: int, num_classes: int | None) -> None:
+        super().__init__()
+        self.conv = MaskedConv2d(in_channels, channels, kernel_size, "A")
+        self.condition = ConditionalBias(num_classes, channels) if num_classes else None
+        self.radius = kernel_size // 2
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv(x)
+        return F.relu(h + _bias(self.condition, condition, h))
+
+
+class PixelResidualBlock(nn.Module):
+    """``x + ReLU(Conv1x1(ReLU(MaskB3x3(ReLU(Conv1x1(x))) + bias)))`` (the seed's residual block)."""
+
+    radius: int
+
+    def __init__(self, channels: int, kernel_size: int, num_classes: int | None) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, channels // 2, kernel_size=1)
+        self.masked = MaskedConv2d(channels // 2, channels // 2, kernel_size, "B")
+        self.expand = nn.Conv2d(channels // 2, channels, kernel_size=1)
+        self.condition = ConditionalBias(num_classes, channels // 2) if num_classes else None
+        self.radius = kernel_size // 2
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        h = F.relu(self.reduce(x))
+        h = self.masked(h)
+        h = F.relu(h + _bias(self.condition, condition, h))
+        return x + F.relu(self.expand(h))
+
+
+class OutputHead(nn.Module):
+    """ReLU, a 1x1 mask-B convolution, ReLU, and a 1x1 convolution to ``num_embeddings`` logits."""
+
+    radius: int
+
+    def __init__(self, channels: int, num_embeddings: int) -> None:
+        super().__init__()
+        self.hidden = MaskedConv2d(channels, channels, 1, "B")
+        self.logits = nn.Conv2d(channels, num_embeddings, kernel_size=1)
+        self.radius = 0
+
+    def forward(self, state: State, condition: torch.Tensor | None = None) -> torch.Tensor:
+        x = state[1] if isinstance(state, tuple) else state
+        return self.logits(F.relu(self.hidden(F.relu(x))))
+
+
+class PositionalEmbedding(nn.Module):
+    """A learned embedding of each code-map position, added to the code embeddings so the prior
+    knows where in the slice it is (a data-independent input, so causality is unchanged)."""
+
+    def __init__(self, channels: int, height: int, width: int) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(1, channels, height, width))
+        nn.init.normal_(self.table, std=0.02)
+
+    def forward(self, x: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
+        top, left = offset
+        height, width = x.shape[-2:]
+        if top + height > self.table.shape[2] or left + width > self.table.shape[3]:
+            raise ValueError(f"code map larger than the positional table {tuple(self.table.shape[2:])}")
+        return x + self.table[:, :, top : top + height, left : left + width].to(x.dtype)
+
+
+def _embed(prior: PixelCNN | GatedPixelCNN, codes: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
+    x = prior.embedding(codes).permute(0, 3, 1, 2)  # (B, h, w, E) -> (B, E, h, w)
+    return prior.position(x, offset) if prior.position is not None else x
+
+
+def _positional(config: PriorConfig) -> PositionalEmbedding | None:
+    if not config.positional:
+        return None
+    if config.code_height is None or config.code_width is None:
+        raise ValueError("prior.positional needs prior.code_height and prior.code_width (set by train-prior)")
+    return PositionalEmbedding(config.embedding_dim, config.code_height, config.code_width)
+
+
+class PixelCNN(nn.Module):
+    """The seed prior: embedding, 7x7 mask-A conv, residual blocks with 3x3 mask-B convs, output head.
+
+    ``forward(codes (B, h, w) int64, condition (B,) | None) -> logits (B, num_embeddings, h, w)``.
+    """
+
+    def __init__(self, config: PriorConfig, num_embeddings: int) -> None:
+        super().__init__()
+        self.config = config
+        self.num_embeddings = num_embeddings
+        classes = config.num_slices if config.condition_on_slice else None
+        channels = config.hidden_channels
+        self.embedding = nn.Embedding(num_embeddings, config.embedding_dim)
+        self.position = _positional(config)
+        self.stages = nn.ModuleList(
+            [InputStage(config.embedding_dim, channels, config.input_kernel_size, classes)]
+            + [PixelResidualBlock(channels, config.kernel_size, classes) for _ in range(config.num_layers)]
+            + [OutputHead(channels, num_embeddings)]
+        )
+
+    def embed(self, codes: torch.Tensor, offset: tuple[int, int] = (0, 0)) -> State:
+        """Input state for ``codes`` whose top-left corner sits at ``offset`` in the full map."""
+        return _embed(self, codes, offset)
+
+    def forward(self, codes: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        state = self.embed(codes)
+        for stage in self.stages:
+            state = stage(state, condition)
+        assert isinstance(state, torch.Tensor)
+        return state
+
+    @property
+    def receptive_radius(self) -> int:
+        """How far (in rows/columns) a position's logits can look back."""
+        return sum(stage.radius for stage in self.stages)  # type: ignore[misc]
+
+
+def _gate(x: torch.Tensor) -> torch.Tensor:
+    value, gate = x.chunk(2, dim=1)  # (B, 2C, h, w) -> 2 x (B, C, h, w)
+    return torch.tanh(value) * torch.sigmoid(gate)
+
+
+class GatedStage(nn.Module):
+    """One gated layer with a vertical stack (rows above) and a horizontal stack (left on the row).
+
+    The vertical stack's output at row r sees rows <= r; it reaches the horizontal stack shifted
+    down by one row, so the horizontal output at (r, c) sees every row above within the kernel and
+    the row itself up to c (mask B) or c - 1 (mask A, first layer): no blind spot.
+    """
+
+    radius: int
+
+    def __init__(
+        self, in_channels: int, channels: int, kernel_size: int, first: bool, num_classes: int | None
+    ) -> None:
+        super().__init__()
+        self.reach = kernel_size // 2
+        self.first = first
+        self.vertical = nn.Conv2d(in_channels, 2 * channels, kernel_size=(self.reach + 1, kernel_size))
+        self.horizontal = nn.Conv2d(in_channels, 2 * channels, kernel_size=(1, self.reach + 1))
+        self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, kernel_size=1)
+        self.horizontal_out = nn.Conv2d(channels, channels, kernel_size=1)
+        self.condition = ConditionalBias(num_classes, 2 * channels) if num_classes else None
+        self.radius = self.reach + 1
+
+    def forward(self, state: State, condition: torch.Tensor | None = None) -> State:
+        assert isinstance(state, tuple)
+        v, h = state
+        v_pre = self.vertical(F.pad(v, (self.reach, self.reach, self.reach, 0)))  # rows r-half..r
+        bias = _bias(self.condition, condition, v_pre)
+        v_shifted = F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1]  # row r now holds row r-1 (causal)
+        h_in = F.pad(h, (1, 0))[:, :, :, :-1] if self.first else h  # mask A: column c holds c-1
+        h_pre = self.horizontal(F.pad(h_in, (self.reach, 0, 0, 0))) + self.vertical_to_horizontal(v_shifted)
+        v_out = _gate(v_pre + bias)
+        h_out = self.horizontal_out(_gate(h_pre + bias))
+        return v_out, (h_out if self.first else h + h_out)
+
+
+class GatedPixelCNN(nn.Module):
+    """Gated PixelCNN prior (van den Oord et al. 2016): a mask-A gated layer with
+    ``input_kernel_size``, ``num_layers`` mask-B gated layers with ``kernel_size``, output head."""
+
+    def __init__(self, config: PriorConfig, num_embeddings: int) -> None:
+        super().__init__()
+        self.config = config
+        self.num_embeddings = num_embeddings
+        classes = config.num_slices if config.condition_on_slice else None
+        channels = config.hidden_channels
+        self.embedding = nn.Embedding(num_embeddings, config.embedding_dim)
+        self.position = _positional(config)
+        first = GatedStage(config.embedding_dim, channels, config.input_kernel_size, True, classes)
+        rest = [
+            GatedStage(channels, channels, config.kernel_size, False, classes) for _ in range(config.num_layers)
+        ]
+        self.stages = nn.ModuleList([first, *rest, OutputHead(channels, num_embeddings)])
+
+    def embed(self, codes: torch.Tensor, offset: tuple[int, int] = (0, 0)) -> State:
+        """Input state (vertical, horizontal) for ``codes`` placed at ``offset`` in the full map."""
+        x = _embed(self, codes, offset)
+        return x, x
+
+    def forward(self, codes: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        state = self.embed(codes)
+        for stage in self.stages:
+            state = stage(state, condition)
+        assert isinstance(state, torch.Tensor)
+        return state
+
+    @property
+    def receptive_radius(self) -> int:
+        return sum(stage.radius for stage in self.stages)  # type: ignore[misc]
+
+
+Prior = PixelCNN | GatedPixelCNN
+
+
+def build_prior(config: PriorConfig, num_embeddings: int) -> Prior:
+    """The prior named by ``config.arch`` (``pixelcnn`` or ``gated``)."""
+    if config.arch == "pixelcnn":
+        return PixelCNN(config, num_embeddings)
+    if config.arch == "gated":
+        return GatedPixelCNN(config, num_embeddings)
+    raise ValueError(f"prior.arch must be 'pixelcnn' or 'gated', got {config.arch!r}")

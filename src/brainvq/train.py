@@ -1,0 +1,656 @@
+"""The training engine: one short loop on Lightning Fabric, shared by the VQ-VAE and the prior.
+
+Fabric owns devices, DDP (several GPUs or nodes, via torchrun or SLURM; gloo on CPU), mixed
+precision and loggers; this module owns the loop, which reads top to bottom:
+
+    for each epoch: for each batch: forward -> NaN guard -> backward -> step -> log -> checkpoint
+                    then validate -> best checkpoint -> history -> snapshots
+
+Checkpoints (``last`` and ``best``) hold the model, optimiser, scheduler, loop position and RNG
+state, are written atomically, and load with ``weights_only=True``. ``resume`` continues exactly
+where a run stopped: same step, same batch order, same codebook, same random numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+from tqdm import tqdm
+
+from brainvq.codes import CodeMaps
+from brainvq.config import Config, FabricConfig, TrainConfig, save_config
+from brainvq.data import SliceDataset, check_no_leak, load_split
+from brainvq.errors import DataError, RunError, TrainingError
+from brainvq.metrics import code_usage, evaluate_prior, evaluate_reconstructions, ssim_per_image
+from brainvq.models.pixelcnn import build_prior
+from brainvq.models.vqvae import VQVAE
+from brainvq.runs import RunDir, atomic_torch_save, atomic_write_json, load_checkpoint
+
+CHECKPOINT_FORMAT = "brainvq-checkpoint-v1"
+SNAPSHOT_IMAGES = 4
+
+
+# ----------------------------------------------------------------------------- devices and precision
+def cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with avx512_bf16 or AMX (where bf16 autocast is about 3x faster than fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Turn ``auto`` into a Fabric precision for the accelerator that will run."""
+    if precision != "auto":
+        return precision
+    if accelerator == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if accelerator == "cpu":
+        return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    return "32-true"
+
+
+def resolve_accelerator(accelerator: str) -> str:
+    if accelerator != "auto":
+        return accelerator
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def make_fabric(config: FabricConfig, loggers: list[Any] | None = None) -> Fabric:
+    """A Fabric for ``config`` (precision ``auto`` resolved; the resolved value is written back)."""
+    accelerator = resolve_accelerator(config.accelerator)
+    config.precision = resolve_precision(config.precision, accelerator)
+    return Fabric(
+        accelerator=accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,  # type: ignore[arg-type]
+        loggers=loggers,
+    )
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a Fabric precision string (None for full precision)."""
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return None
+
+
+# ----------------------------------------------------------------------------- batches and state
+class EpochBatches:
+    """Deterministic, resumable, rank-sharded batches: epoch e uses ``randperm(n)`` seeded by
+    ``seed + e``; rank r takes every world_size-th batch-sized slice; the last partial batch is dropped."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if size < batch_size * world_size:
+            batch_size = max(1, size // world_size)
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return self.size // (self.batch_size * self.world_size)
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[list[int]]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        step = self.batch_size * self.world_size
+        for b in range(skip, len(self)):
+            start = b * step + self.rank * self.batch_size
+            yield order[start : start + self.batch_size]
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: float | None = None
+    elapsed_seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    step_log: list[list[float]] = field(default_factory=list)
+    stop_reason: str = ""
+
+
+@dataclass
+class StepOutput:
+    """A training step's loss and the scalars to log."""
+
+    loss: torch.Tensor
+    logs: dict[str, float]
+    extra: Any = None
+
+
+# ----------------------------------------------------------------------------- tasks
+class Task(ABC):
+    """What the engine trains: builds the model, turns batch indices into losses, validates."""
+
+    stage: str
+    best_metric: str
+    best_mode: str  # "max" or "min"
+
+    def __init__(self, config: Config, train: TrainConfig) -> None:
+        self.config = config
+        self.train_config = train
+
+    @abstractmethod
+    def build_model(self) -> nn.Module: ...
+
+    @abstractmethod
+    def train_size(self) -> int: ...
+
+    @abstractmethod
+    def load_batch(self, indices: list[int]) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput: ...
+
+    @abstractmethod
+    def validate(self, model: nn.Module, fabric: Fabric) -> dict[str, float]: ...
+
+    def on_step(self, output: StepOutput) -> None:
+        """Accumulate per-epoch statistics (default: nothing)."""
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Training statistics of the finished epoch (default: none)."""
+        return {}
+
+    def on_validated(self, model: nn.Module, fabric: Fabric, run: RunDir, epoch: int) -> None:
+        """Save per-epoch artefacts such as reconstruction snapshots (default: nothing)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+
+
+def reconstruction_loss(
+    kind: str, prediction: torch.Tensor, recon: torch.Tensor, target: torch.Tensor, ssim_weight: float
+) -> torch.Tensor:
+    """``mse`` (default), ``l1`` or ``mse+ssim`` (MSE + w * (1 - SSIM), as the seed's driver did).
+
+    ``prediction`` is what the pixel losses see (the unclamped decoder output with ``output=clamp``),
+    ``recon`` the image in [0, 1] that SSIM sees.
+    """
+    prediction = prediction.float()
+    if kind == "mse":
+        return F.mse_loss(prediction, target)
+    if kind == "l1":
+        return F.l1_loss(prediction, target)
+    if kind == "mse+ssim":
+        return F.mse_loss(prediction, target) + ssim_weight * (1 - ssim_per_image(recon, target).mean())
+    raise ValueError(f"train.recon_loss must be 'mse', 'l1' or 'mse+ssim', got {kind!r}")
+
+
+class VQVAETask(Task):
+    """Trains the VQ-VAE on the train split; validates SSIM, PSNR and code usage on the validate split."""
+
+    stage = "vqvae"
+    best_metric = "val_ssim"
+    best_mode = "max"
+
+    def __init__(self, config: Config, train: TrainConfig, train_set: SliceDataset, val_set: SliceDataset | None):
+        super().__init__(config, train)
+        self.train_set, self.val_set = train_set, val_set
+        self.epoch_counts = torch.zeros(config.model.num_embeddings, dtype=torch.float64)
+
+    def build_model(self) -> nn.Module:
+        model = VQVAE(self.config.model)
+        model.code_shape(self.train_set.image_size)
+        return model
+
+    def train_size(self) -> int:
+        return len(self.train_set)
+
+    def load_batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return {"image": self.train_set.images(indices)}
+
+    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+        images = batch["image"]
+        output = model(images)
+        prediction = output.decoded if self.config.model.output == "clamp" else output.recon
+        recon = reconstruction_loss(
+            self.train_config.recon_loss, prediction, output.recon, images, self.train_config.ssim_weight
+        )
+        loss = recon + output.vq_loss
+        logs = {
+            "loss": loss.item(),
+            "recon_loss": recon.item(),
+            "vq_loss": output.vq_loss.item(),
+            "perplexity": output.perplexity.item(),
+        }
+        return StepOutput(loss, logs, output.counts.detach())
+
+    def on_step(self, output: StepOutput) -> None:
+        self.epoch_counts += output.extra.double().cpu()
+
+    def epoch_metrics(self) -> dict[str, float]:
+        used, perplexity = code_usage(self.epoch_counts)
+        self.epoch_counts.zero_()
+        return {"train_codes_used": used, "train_perplexity": perplexity}
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, fabric: Fabric) -> dict[str, float]:
+        if self.val_set is None:
+            return {}
+        summary = evaluate_reconstructions(
+            model,
+            self.val_set,
+            self.train_config.val_batch_size,
+            autocast_dtype(self.config.fabric.precision),
+            full=False,
+        )
+        return {f"val_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
+
+    @torch.no_grad()
+    def on_validated(self, model: nn.Module, fabric: Fabric, run: RunDir, epoch: int) -> None:
+        dataset = self.val_set or self.train_set
+        if not fabric.is_global_zero or epoch % max(1, self.train_config.snapshot_every_epochs):
+            return
+        picks = snapshot_indices(dataset)
+        images = dataset.images(picks).to(fabric.device)
+        was_training = model.training
+        model.eval()
+        with torch.autocast(
+            fabric.device.type,
+            dtype=autocast_dtype(self.config.fabric.precision) or torch.bfloat16,
+            enabled=autocast_dtype(self.config.fabric.precision) is not None,
+        ):
+            recon = model(images).recon.float()
+        model.train(was_training)
+        to_uint8 = lambda t: (t.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu()  # noqa: E731
+        if not (run.snapshots / "originals.pt").exists():
+            atomic_torch_save(run.snapshots / "originals.pt", to_uint8(images))
+        atomic_torch_save(run.snapshots / f"epoch_{epoch:04d}.pt", to_uint8(recon))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch_counts": self.epoch_counts, "image_size": list(self.train_set.image_size)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch_counts = state["epoch_counts"].double()
+
+
+def snapshot_indices(dataset: SliceDataset) -> list[int]:
+    """A few fixed slices spread over the split (mid-volume slices when slice ids are known)."""
+    candidates = [i for i, r in enumerate(dataset.records) if r.slice_index in (-1, 10, 14, 18, 22)]
+    candidates = candidates or list(range(len(dataset)))
+    step = max(1, len(candidates) // SNAPSHOT_IMAGES)
+    return candidates[::step][:SNAPSHOT_IMAGES]
+
+
+class PriorTask(Task):
+    """Trains the PixelCNN prior on the train split's code maps; validates accuracy and NLL (bits/code)."""
+
+    stage = "prior"
+    best_metric = "val_prior_nll_bits"
+    best_mode = "min"
+
+    def __init__(self, config: Config, train: TrainConfig, train_codes: CodeMaps, val_codes: CodeMaps | None):
+        super().__init__(config, train)
+        self.train_codes, self.val_codes = train_codes, val_codes
+        if config.prior.condition_on_slice and int(train_codes.slices.min()) < 0:
+            raise DataError("prior.condition_on_slice needs slice indices, which this data does not have")
+
+    def build_model(self) -> nn.Module:
+        return build_prior(self.config.prior, self.config.model.num_embeddings)
+
+    def train_size(self) -> int:
+        return len(self.train_codes)
+
+    def load_batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return self.train_codes.batch(indices)
+
+    def _condition(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return (
+            batch["slice"].clamp(0, self.config.prior.num_slices - 1)
+            if self.config.prior.condition_on_slice
+            else None
+        )
+
+    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+        logits = model(batch["codes"], self._condition(batch))
+        loss = F.cross_entropy(logits.float(), batch["codes"])
+        return StepOutput(loss, {"loss": loss.item(), "bits_per_code": loss.item() / math.log(2)})
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, fabric: Fabric) -> dict[str, float]:
+        if self.val_codes is None:
+            return {}
+        summary = evaluate_prior(
+            model,
+            self.val_codes,
+            self.train_config.val_batch_size,
+            self.config.prior.condition_on_slice,
+            autocast_dtype(self.config.fabric.precision),
+        )
+        return {f"val_{k}": v for k, v in summary.items()}
+
+
+# ----------------------------------------------------------------------------- the loop
+def lr_factor(schedule: str, warmup_steps: int, total_steps: int | None) -> Any:
+    """A LambdaLR factor: linear warmup, then ``constant`` or ``cosine`` (needs a step budget)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine" and total_steps:
+            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.schedule must be 'constant' or 'cosine', got {schedule!r}")
+        return 1.0
+
+    return factor
+
+
+class Engine:
+    """Runs one task to a stop condition, with checkpoints, logs, history and a progress bar."""
+
+    def __init__(self, task: Task, fabric: Fabric, run: RunDir, *, resume: bool, progress: bool = True) -> None:
+        self.task, self.fabric, self.run, self.resume = task, fabric, run, resume
+        self.train = task.train_config
+        self.progress = progress
+        self.state = LoopState()
+
+    def fit(self) -> LoopState:
+        fabric, train = self.fabric, self.train
+        fabric.seed_everything(train.seed, verbose=False)
+        self.model = self.task.build_model()
+        if self.task.config.fabric.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        total = train.max_steps or (train.epochs * self._batches().__len__() if train.epochs else None)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_factor(train.schedule, train.warmup_steps, total)
+        )
+        wrapped, optimizer = fabric.setup(self.model, optimizer)
+        self.optimizer, self.scheduler = optimizer, scheduler
+        if self.resume:
+            self._restore()
+        try:
+            self._loop(wrapped)
+        except KeyboardInterrupt:
+            self.state.stop_reason = "interrupted"
+            self._save("last")
+            raise
+        finally:
+            for logger in fabric.loggers:
+                logger.finalize("success")
+        return self.state
+
+    def _batches(self) -> EpochBatches:
+        return EpochBatches(
+            self.task.train_size(),
+            self.train.batch_size,
+            self.train.seed,
+            self.fabric.global_rank,
+            self.fabric.world_size,
+        )
+
+    def _loop(self, model: nn.Module) -> None:
+        fabric, train, state = self.fabric, self.train, self.state
+        batches = self._batches()
+        started = time.monotonic() - state.elapsed_seconds
+        deadline = started + train.max_minutes * 60 if train.max_minutes else math.inf
+        bar = tqdm(
+            total=train.max_steps or (train.epochs * len(batches) if train.epochs else None),
+            initial=state.step,
+            desc=self.task.stage,
+            disable=not (self.progress and fabric.is_global_zero),
+            mininterval=2.0,
+            dynamic_ncols=True,
+        )
+        running: list[float] = []
+        validated_at = -1
+        model.train()
+        while not state.stop_reason:
+            if train.epochs is not None and state.epoch >= train.epochs:
+                state.stop_reason = f"{train.epochs} epochs"
+                break
+            for indices in batches.epoch(state.epoch, skip=state.batch_in_epoch):
+                output = self._step(model, indices)
+                state.step += 1
+                state.batch_in_epoch += 1
+                running.append(output.logs["loss"])
+                bar.update(1)
+                bar.set_postfix(loss=f"{output.logs['loss']:.4f}", epoch=state.epoch)
+                if state.step % 10 == 0:
+                    state.step_log.append([state.step, sum(running) / len(running)])
+                    fabric.log_dict({f"train/{k}": v for k, v in output.logs.items()}, step=state.step)
+                    running.clear()
+                state.elapsed_seconds = time.monotonic() - started
+                if train.max_steps is not None and state.step >= train.max_steps:
+                    state.stop_reason = f"{train.max_steps} steps"
+                elif time.monotonic() >= deadline:
+                    state.stop_reason = f"{train.max_minutes} minutes"
+                if state.step % train.checkpoint_every_steps == 0 or state.stop_reason:
+                    self._save("last")
+                if state.stop_reason:
+                    break
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if state.epoch % max(1, train.validate_every_epochs) == 0:
+                    self._end_epoch()
+                    validated_at = state.step
+                self._save("last")
+        if validated_at != state.step:
+            self._end_epoch(partial=True)
+            self._save("last")
+        bar.close()
+
+    def _step(self, model: nn.Module, indices: list[int]) -> StepOutput:
+        batch = {k: self.fabric.to_device(v) for k, v in self.task.load_batch(indices).items()}
+        if self.task.config.fabric.channels_last and "image" in batch:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        output = self.task.training_step(model, batch)
+        if not torch.isfinite(output.loss):
+            raise TrainingError(
+                f"{self.task.stage}: loss became {output.loss.item()} at step {self.state.step + 1}; stopped. "
+                f"The last good checkpoint is {self.run.checkpoint(self.task.stage, 'last')} "
+                "(try a lower train.lr, or precision=32-true)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.fabric.backward(output.loss)
+        if self.train.grad_clip:
+            self.fabric.clip_gradients(model, self.optimizer, max_norm=self.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.task.on_step(output)
+        return output
+
+    def _end_epoch(self, partial: bool = False) -> None:
+        state = self.state
+        metrics: dict[str, float] = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "partial_epoch": float(partial),
+            "minutes": state.elapsed_seconds / 60,
+        }
+        metrics.update(self.task.epoch_metrics())
+        metrics.update(self.task.validate(self.model, self.fabric))  # the unwrapped model: no collectives
+        state.history.append(metrics)
+        self.fabric.log_dict({f"epoch/{k}": v for k, v in metrics.items()}, step=state.step)
+        self.task.on_validated(self.model, self.fabric, self.run, state.epoch if not partial else state.epoch + 1)
+        value = metrics.get(self.task.best_metric)
+        if value is not None and math.isfinite(value):
+            better = state.best is None or (
+                value > state.best if self.task.best_mode == "max" else value < state.best
+            )
+            if better:
+                state.best = value
+                self._save("best")
+        if self.fabric.is_global_zero:
+            atomic_write_json(
+                self.run.metrics / f"{self.task.stage}_history.json",
+                {"epochs": state.history, "steps": state.step_log},
+            )
+        if self.progress and self.fabric.is_global_zero:
+            shown = {k: round(v, 4) for k, v in metrics.items() if k not in ("partial_epoch",)}
+            tqdm.write(f"[{self.task.stage}] {shown}")
+
+    def _save(self, which: str) -> None:
+        if not self.fabric.is_global_zero:
+            return
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "stage": self.task.stage,
+            "config": self.task.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loop": asdict(self.state),
+            "task": self.task.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+        atomic_torch_save(self.run.checkpoint(self.task.stage, which), checkpoint)
+
+    def _restore(self) -> None:
+        path = self.run.checkpoint(self.task.stage, "last")
+        checkpoint = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+        except RuntimeError as error:
+            raise RunError(f"{path}: checkpoint does not match the configured model ({error})") from None
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.state = LoopState(**checkpoint["loop"])
+        self.state.stop_reason = ""
+        self.task.load_state_dict(checkpoint["task"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+
+
+# ----------------------------------------------------------------------------- entry points
+def _loggers(run: RunDir, stage: str) -> list[Any]:
+    return [
+        CSVLogger(root_dir=str(run.logs / "csv"), name=stage),
+        TensorBoardLogger(root_dir=str(run.logs / "tensorboard"), name=stage),
+    ]
+
+
+def _resume_config(run: RunDir, stage: str, config: Config, resume: bool) -> Config:
+    """On resume the checkpoint's model/prior config wins (so it always rebuilds the same network)."""
+    if not resume:
+        return config
+    path = run.checkpoint(stage, "last")
+    if not path.is_file():
+        raise RunError(f"{run.root}: nothing to resume (no {path.name})")
+    from brainvq.config import config_from_dict
+
+    saved = config_from_dict(load_checkpoint(path)["config"])
+    config.model, config.prior = saved.model, saved.prior
+    return config
+
+
+def train_vqvae(
+    config: Config, run_root: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train (or resume) the VQ-VAE of run ``run_root`` on ``config.data.root``; returns a summary."""
+    run = RunDir(run_root)
+    data_root = config.data.root
+    if data_root is None:
+        raise DataError("no data given (--data DATA or data.root in the config)")
+    run.prepare_stage("vqvae", resume=resume, force=force)
+    config = _resume_config(run, "vqvae", config, resume)
+    check_no_leak(data_root)
+    train_set = load_split(
+        data_root,
+        config.data.train_split,
+        in_memory=config.data.in_memory,
+        limit_subjects=config.data.limit_subjects,
+        limit_images=config.data.limit_images,
+    )
+    val_set = None
+    if config.data.val_split:
+        val_set = load_split(
+            data_root,
+            config.data.val_split,
+            in_memory=config.data.in_memory,
+            limit_images=config.data.val_limit_images,
+        )
+        if val_set.image_size != train_set.image_size:
+            raise DataError(
+                f"{val_set.records[0].path}: validate images are {val_set.image_size}, "
+                f"train images are {train_set.image_size}"
+            )
+    fabric = make_fabric(config.fabric, _loggers(run, "vqvae"))
+    if fabric.is_global_zero:
+        save_config(config, run.config)
+    task = VQVAETask(config, config.train, train_set, val_set)
+    return _launch(fabric, task, run, resume, progress, {"image_size": list(train_set.image_size)})
+
+
+def train_prior(
+    config: Config, run_root: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train (or resume) the prior of run ``run_root`` on its stored code maps."""
+    run = RunDir(run_root)
+    if not run.has_stage("vqvae"):
+        raise RunError(f"{run.root}: no trained VQ-VAE (run `brainvq train-vqvae` first)")
+    run.prepare_stage("prior", resume=resume, force=force)
+    vqvae_config = config_from_checkpoint(run.checkpoint("vqvae", "last"))
+    config.model = vqvae_config.model
+    config = _resume_config(run, "prior", config, resume)
+    train_codes = CodeMaps.load(run.code_file(config.data.train_split))
+    config.prior.code_height, config.prior.code_width = (int(n) for n in train_codes.indices.shape[1:])
+    val_path = run.code_file(config.data.val_split) if config.data.val_split else None
+    val_codes = CodeMaps.load(val_path) if val_path is not None and val_path.is_file() else None
+    fabric = make_fabric(config.fabric, _loggers(run, "prior"))
+    if fabric.is_global_zero:
+        save_config(config, run.config)
+    task = PriorTask(config, config.prior_train, train_codes, val_codes)
+    return _launch(fabric, task, run, resume, progress, {})
+
+
+def config_from_checkpoint(path: Path) -> Config:
+    from brainvq.config import config_from_dict
+
+    return config_from_dict(load_checkpoint(path)["config"])
+
+
+def _launch(
+    fabric: Fabric, task: Task, run: RunDir, resume: bool, progress: bool, info: dict[str, Any]
+) -> dict[str, Any]:
+    result = fabric.launch(_fit_worker, task, run, resume, progress)  # type: ignore[arg-type]
+    summary = dict(result or {})
+    summary.update(info)
+    return summary
+
+
+def _fit_worker(fabric: Fabric, task: Task, run: RunDir, resume: bool, progress: bool) -> dict[str, Any]:
+    engine = Engine(task, fabric, run, resume=resume, progress=progress)
+    state = engine.fit()
+    last = state.history[-1] if state.history else {}
+    return {
+        "stage": task.stage,
+        "steps": state.step,
+        "epochs": state.epoch,
+        "stop_reason": state.stop_reason,
+        "minutes": state.elapsed_seconds / 60,
+        "best": state.best,
+        "last": last,
+        "precision": task.config.fabric.precision,
+    }

@@ -1,0 +1,54 @@
+"""Shared fixtures: a small phantom dataset and tiny configs, so tests run anywhere in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from brainvq.config import Config, load_config
+from brainvq.phantom import make_phantom
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 subjects (4 train, 1 validate, 1 test) of 32 slices at 64x64."""
+    root = tmp_path_factory.mktemp("phantom")
+    make_phantom(root, num_subjects=6, seed=3, size=64)
+    return root
+
+
+TINY = [
+    "model.hidden_channels=16",
+    "model.residual_hidden_channels=8",
+    "model.embedding_dim=8",
+    "model.num_embeddings=32",
+    "model.dead_code_steps=5",
+    "train.batch_size=8",
+    "train.lr=0.001",
+    "train.val_batch_size=32",
+    "fabric.precision=32-true",
+    "fabric.accelerator=cpu",
+    "prior.embedding_dim=8",
+    "prior.hidden_channels=16",
+    "prior_train.batch_size=16",
+    "prior_train.val_batch_size=32",
+]
+
+
+@pytest.fixture
+def tiny_config(phantom_root: Path) -> Config:
+    return load_config(None, [f"data.root={phantom_root}", *TINY])
+
+
+def oasis_root() -> Path | None:
+    """``$BRAINVQ_OASIS`` or ``../shared/oasis`` beside the checkout, when present."""
+    candidates = [os.environ.get("BRAINVQ_OASIS"), Path(__file__).resolve().parents[2] / "shared" / "oasis"]
+    for candidate in candidates:
+        if candidate and Path(candidate, "keras_png_slices_train").is_dir():
+            return Path(candidate)
+    return None

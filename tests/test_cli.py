@@ -1,0 +1,133 @@
+"""The command line: exit codes, JSON, and one clear error line (no traceback) for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from brainvq.cli import main
+from brainvq.data import image_dir
+
+from .conftest import TINY
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_check_data_json_and_exit_codes(
+    phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(capsys, "check-data", str(phantom_root), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["problems"] == []
+    assert report["splits"]["train"]["images"] == 128 and report["splits"]["train"]["subjects"] == 4
+    copy = tmp_path / "copy"
+    shutil.copytree(phantom_root, copy)
+    victim = image_dir(copy, "train") / "case_002_slice_4.nii.png"
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code, out, _ = _run(capsys, "check-data", str(copy))
+    assert code == 1 and "case_002_slice_4.nii.png: corrupt or truncated PNG" in out and "1 problems found" in out
+    code, _, err = _run(capsys, "check-data", str(tmp_path / "missing"))
+    assert code == 2 and err.strip() == f"brainvq: error: {tmp_path / 'missing'}: data root does not exist"
+
+
+def test_phantom_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "phantom", str(tmp_path / "p"), "--subjects", "3", "--size", "32", "--slices", "4")
+    assert code == 0 and "wrote 12 slices" in out
+    assert len(list((tmp_path / "p").rglob("case_*.png"))) == 12
+    code, _, err = _run(capsys, "phantom", str(tmp_path / "q"), "--subjects", "2")
+    assert code == 2 and "at least 3" in err
+
+
+def test_training_errors_are_one_line(
+    phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(capsys, "train-vqvae", "--data", str(tmp_path / "nothing"), "--run", str(tmp_path / "r"))
+    assert code == 2 and err.startswith("brainvq: error:") and "does not exist" in err and "Traceback" not in err
+    code, _, err = _run(
+        capsys,
+        "train-vqvae",
+        "--data",
+        str(phantom_root),
+        "--run",
+        str(tmp_path / "r"),
+        "--set",
+        "model.num_embedings=3",
+    )
+    assert code == 2 and "unknown config key 'model.num_embedings'" in err
+    code, _, err = _run(capsys, "train-prior", "--run", str(tmp_path / "r"))
+    assert code == 2 and "no trained VQ-VAE" in err
+    code, _, err = _run(capsys, "sample", "--run", str(tmp_path / "nowhere"))
+    assert code == 2 and "run directory does not exist" in err
+
+
+def test_mismatched_checkpoint_is_refused(
+    phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    run = tmp_path / "run"
+    code, _, _ = _run(
+        capsys,
+        "train-vqvae",
+        "--data",
+        str(phantom_root),
+        "--run",
+        str(run),
+        "--max-steps",
+        "2",
+        "--quiet",
+        "--set",
+        "data.limit_images=16",
+        "--set",
+        "data.val_limit_images=8",
+        *sets,
+    )
+    assert code == 0
+    path = run / "checkpoints" / "vqvae-last.ckpt"
+    state = torch.load(path, weights_only=True)
+    state["config"]["model"]["num_embeddings"] = 64  # config no longer matches the weights
+    torch.save(state, path)
+    (run / "checkpoints" / "vqvae-best.ckpt").unlink()
+    code, _, err = _run(capsys, "evaluate", "--run", str(run), "--data", str(phantom_root))
+    assert code == 2 and "vqvae-last.ckpt: checkpoint does not match its own config" in err
+    path.write_bytes(b"not a checkpoint")
+    code, _, err = _run(capsys, "evaluate", "--run", str(run), "--data", str(phantom_root))
+    assert code == 2 and "vqvae-last.ckpt: not a readable brainvq checkpoint" in err
+
+
+def test_wrong_image_size_is_refused(
+    phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    run = tmp_path / "run"
+    _run(
+        capsys,
+        "train-vqvae",
+        "--data",
+        str(phantom_root),
+        "--run",
+        str(run),
+        "--max-steps",
+        "1",
+        "--quiet",
+        "--set",
+        "data.limit_images=8",
+        "--set",
+        "data.val_limit_images=8",
+        *sets,
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(other / f"x{i}.png")
+    code, _, err = _run(capsys, "encode", "--run", str(run), "--data", str(other), "--splits", "all")
+    assert code == 2 and "the data's images are 32x32 but this VQ-VAE was trained on 64x64 images" in err

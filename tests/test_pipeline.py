@@ -1,0 +1,192 @@
+"""End to end on a tiny phantom: pipeline stages, encode/evaluate/sample outputs, report, resume-by-skip."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import brainvq
+from brainvq.cli import main
+from brainvq.codes import CodeMaps
+from brainvq.config import load_config
+from brainvq.pipeline import run_pipeline
+
+from .conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+STAGES = [
+    "train-vqvae",
+    "encode",
+    "train-prior",
+    "evaluate-validate",
+    "evaluate-test",
+    "sample",
+    "figures",
+    "report",
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    config = load_config(
+        None,
+        [
+            f"data.root={phantom_root}",
+            *TINY,
+            "train.max_steps=30",
+            "prior_train.max_steps=20",
+            "prior.arch=gated",
+            "prior.condition_on_slice=true",
+            "prior.positional=true",
+            "sample.batch_size=4",
+        ],
+    )
+    run_pipeline(config, run, progress=False, samples=4, device="cpu", log=lambda *_: None)
+    return run
+
+
+def test_every_stage_completes(finished_run: Path) -> None:
+    assert json.loads((finished_run / "pipeline.json").read_text())["completed"] == STAGES
+    for name in (
+        "vqvae_curves.png",
+        "codebook_usage.png",
+        "reconstructions_validate.png",
+        "reconstructions_test.png",
+        "reconstructions_across_epochs.png",
+        "prior_curves.png",
+    ):
+        assert (finished_run / "figures" / name).stat().st_size > 1000, name
+    codes = CodeMaps.load(finished_run / "codes" / "train.pt")
+    assert codes.indices.shape == (128, 16, 16) and codes.indices.dtype == torch.int16
+    assert codes.subjects.tolist()[:2] == [1, 1] and codes.slices.tolist()[:2] == [0, 1]
+
+
+def test_evaluation_json(finished_run: Path, phantom_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(finished_run),
+                "--data",
+                str(phantom_root),
+                "--split",
+                "test",
+                "--json",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    for key in (
+        "split",
+        "images",
+        "ssim",
+        "ssim_seed",
+        "psnr",
+        "ms_ssim",
+        "codes_used",
+        "perplexity",
+        "prior_accuracy",
+        "prior_nll_bits",
+        "per_subject_ssim",
+    ):
+        assert key in result, key
+    assert result["split"] == "test" and result["images"] == 32
+    assert 0 < result["ssim"] < result["ssim_seed"] <= 1 and result["codes_used"] > 1
+    assert 0 <= result["prior_accuracy"] <= 1 and result["prior_nll_bits"] > 0
+    assert json.loads((finished_run / "metrics" / "evaluate_test.json").read_text())["ssim"] == result["ssim"]
+
+
+def test_sample_command(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "sample",
+        "--run",
+        str(finished_run),
+        "--n",
+        "3",
+        "--seed",
+        "4",
+        "--batch-size",
+        "2",
+        "--json",
+        "--device",
+        "cpu",
+    ]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["n"] == 3 and len(first["images"]) == 3 and "grid" in Path(first["grid"]).name
+    assert main([*args, "--out", str(tmp_path / "b"), "--slice", "12"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    for i in range(3):  # same seed, same model, same device -> same images
+        assert (tmp_path / "a" / f"sample_{i:03d}.png").read_bytes() == (
+            tmp_path / "c" / f"sample_{i:03d}.png"
+        ).read_bytes()
+    run = brainvq.load_run(finished_run)
+    result = brainvq.sample(run, 2, seed=4, batch_size=2, sampler="naive")
+    assert torch.equal(result.codes, brainvq.sample(run, 2, seed=4, batch_size=2).codes)
+    assert result.images.shape == (2, 1, 64, 64)
+
+
+def test_second_pipeline_call_skips_everything(finished_run: Path, phantom_root: Path) -> None:
+    before = (finished_run / "checkpoints" / "vqvae-last.ckpt").stat().st_mtime_ns
+    lines: list[str] = []
+    config = load_config(None, [f"data.root={phantom_root}", *TINY])
+    run_pipeline(config, finished_run, progress=False, device="cpu", log=lines.append)
+    assert sum("already complete, skipped" in line for line in lines) == len(STAGES) - 1
+    assert (finished_run / "checkpoints" / "vqvae-last.ckpt").stat().st_mtime_ns == before
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=600)
+    return shutil.which("chromium")
+
+
+def test_report_renders_in_chromium_with_every_image(finished_run: Path, tmp_path: Path) -> None:
+    report = finished_run / "report.html"
+    page = report.read_text()
+    assert "<img" in page and "http://" not in page and "https://" not in page  # self-contained
+    for heading in ("Metrics", "Generated slices", "Training and reconstructions", "Configuration"):
+        assert heading in page
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed and could not be installed here")
+    result = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert 'data-images-checked="yes"' in result.stdout, result.stderr[-2000:]
+    total = result.stdout.count("<img")
+    assert total >= 7
+    assert f'data-images-loaded="{total}"' in result.stdout and 'data-images-total="' + str(total) in result.stdout
