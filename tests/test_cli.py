@@ -70,11 +70,10 @@ def test_training_errors_are_one_line(
     assert code == 2 and "run directory does not exist" in err
 
 
-def test_mismatched_checkpoint_is_refused(
-    phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _tiny_vqvae_run(phantom_root: Path, run: Path, capsys: pytest.CaptureFixture[str]) -> int:
+    """Train a tiny VQ-VAE for 2 steps through the CLI; returns the exit code."""
     sets = [arg for item in TINY for arg in ("--set", item)]
-    run = tmp_path / "run"
+    limits = ["--set", "data.limit_images=16", "--set", "data.val_limit_images=8"]
     code, _, _ = _run(
         capsys,
         "train-vqvae",
@@ -85,13 +84,17 @@ def test_mismatched_checkpoint_is_refused(
         "--max-steps",
         "2",
         "--quiet",
-        "--set",
-        "data.limit_images=16",
-        "--set",
-        "data.val_limit_images=8",
+        *limits,
         *sets,
     )
-    assert code == 0
+    return code
+
+
+def test_mismatched_checkpoint_is_refused(
+    phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert _tiny_vqvae_run(phantom_root, run, capsys) == 0
     path = run / "checkpoints" / "vqvae-last.ckpt"
     state = torch.load(path, weights_only=True)
     state["config"]["model"]["num_embeddings"] = 64  # config no longer matches the weights
@@ -107,27 +110,15 @@ def test_mismatched_checkpoint_is_refused(
 def test_wrong_image_size_is_refused(
     phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sets = [arg for item in TINY for arg in ("--set", item)]
     run = tmp_path / "run"
-    _run(
-        capsys,
-        "train-vqvae",
-        "--data",
-        str(phantom_root),
-        "--run",
-        str(run),
-        "--max-steps",
-        "1",
-        "--quiet",
-        "--set",
-        "data.limit_images=8",
-        "--set",
-        "data.val_limit_images=8",
-        *sets,
-    )
+    assert _tiny_vqvae_run(phantom_root, run, capsys) == 0
     other = tmp_path / "other"
     other.mkdir()
     for i in range(2):
         Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(other / f"x{i}.png")
     code, _, err = _run(capsys, "encode", "--run", str(run), "--data", str(other), "--splits", "all")
     assert code == 2 and "the data's images are 32x32 but this VQ-VAE was trained on 64x64 images" in err
+    code, _, err = _run(capsys, "sample", "--run", str(run), "--out", str(tmp_path / "s"))
+    assert code == 2 and "this run has no trained prior" in err
+    code, _, err = _run(capsys, "train-prior", "--run", str(run))
+    assert code == 2 and "codes/train.pt: code maps not found (run `brainvq encode` first)" in err

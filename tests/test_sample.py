@@ -5,7 +5,7 @@ import torch
 
 from brainvq.config import PriorConfig
 from brainvq.models.pixelcnn import build_prior
-from brainvq.sample import draw, sample_codes, slice_conditions, window_logits
+from brainvq.sample import RowCache, draw, sample_codes, slice_conditions, window_logits
 
 
 def _prior(arch: str, conditioned: bool, size: int = 64) -> torch.nn.Module:
@@ -40,6 +40,21 @@ def test_window_logits_equal_full_pass(arch: str, conditioned: bool) -> None:
             torch.testing.assert_close(
                 window_logits(prior, codes, i, j, condition), full[:, :, i, j], rtol=1e-5, atol=1e-5
             )
+
+
+@pytest.mark.parametrize("arch", ["pixelcnn", "gated"])
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_row_cache_logits_equal_full_pass(arch: str, conditioned: bool) -> None:
+    prior = _prior(arch, conditioned, size=16)
+    codes = torch.randint(0, 12, (2, 10, 16))
+    condition = torch.tensor([0, 31]) if conditioned else None
+    with torch.no_grad():
+        full = prior(codes, condition)
+        cache = RowCache(prior, codes, condition)
+        for i in range(10):
+            for j in range(16):
+                torch.testing.assert_close(cache.logits(i, j), full[:, :, i, j], rtol=1e-5, atol=1e-5)
+            cache.finish_row(i)
 
 
 @pytest.mark.parametrize("arch", ["pixelcnn", "gated"])

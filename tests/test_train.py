@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +120,18 @@ def _ddp_worker(fabric: Any, config: Config, run_root: str) -> dict[str, Any]:
     }
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @pytest.mark.slow
-def test_two_process_ddp_keeps_ranks_identical(tiny_config: Config, tmp_path: Path) -> None:
+def test_two_process_ddp_keeps_ranks_identical(
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     config = apply_overrides(
         tiny_config,
         [

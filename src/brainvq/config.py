@@ -89,14 +89,18 @@ class PriorConfig:
 
 @dataclass
 class TrainConfig:
-    """One training stage (used for both the VQ-VAE and the prior)."""
+    """One training stage (used for both the VQ-VAE and the prior).
+
+    Training stops at whichever of ``epochs``, ``max_steps`` and ``max_minutes`` comes first
+    (set one to null to disable it). ``recon_loss``: ``mse``, ``l1`` or ``mse+ssim``.
+    """
 
     batch_size: int = 16
     lr: float = 2e-4
     weight_decay: float = 0.0
     schedule: str = "constant"
     warmup_steps: int = 0
-    epochs: int | None = None
+    epochs: int | None = 20
     max_steps: int | None = None
     max_minutes: float | None = None
     recon_loss: str = "mse"

@@ -102,6 +102,7 @@ def evaluate_run(
     result["seconds"] = time.perf_counter() - started
     atomic_write_json(loaded.root.metrics / f"evaluate_{split}.json", result)
     _reconstruction_figure(loaded, dataset, split, device_)
+    all_training_figures(loaded.root)
     return result
 
 

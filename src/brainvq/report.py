@@ -71,7 +71,11 @@ def _metrics_table(run: RunDir) -> str:
         + "</tr>"
         for key, label, pattern in METRIC_ROWS
     )
-    return f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
+    note = (
+        '<p class="sub">– : not computed (MS-SSIM needs images over 160 pixels a side; prior '
+        "metrics need a trained prior).</p>"
+    )
+    return f"<table><tr><th>metric</th>{head}</tr>{rows}</table>{note}"
 
 
 def _sampling(run: RunDir) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,16 +61,21 @@ def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator) -
     return (logits.float() / temperature + gumbel).argmax(1)
 
 
+def _apply(state: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State:
+    return (fn(state[0]), fn(state[1])) if isinstance(state, tuple) else fn(state)
+
+
 def _crop(state: State, rows: slice, cols: slice) -> State:
-    if isinstance(state, tuple):
-        return state[0][:, :, rows, cols], state[1][:, :, rows, cols]
-    return state[:, :, rows, cols]
+    return _apply(state, lambda t: t[:, :, rows, cols])
 
 
 def window_logits(
     prior: Prior, codes: torch.Tensor, i: int, j: int, condition: torch.Tensor | None
 ) -> torch.Tensor:
-    """Logits (B, K) at position (i, j), computed on the causal window around it (exact)."""
+    """Logits (B, K) at (i, j), computed on the causal window around it without any cache (exact).
+
+    A reference for :class:`RowCache` and a one-off query: it recomputes rows above ``i`` too.
+    """
     width = codes.shape[2]
     radius = prior.receptive_radius
     top, left = max(0, i - radius), max(0, j - radius)
@@ -84,6 +89,69 @@ def window_logits(
         row, col = row - first_row, col - first_col
     assert isinstance(state, torch.Tensor)
     return state[:, :, row, col]
+
+
+class RowCache:
+    """Exact incremental evaluation of a causal prior, one position at a time.
+
+    Once row i is fully sampled, every stage's activations on row i are final; ``finish_row``
+    computes them once, full width, and caches them. The logits at (i, j) then need, per stage,
+    only row i over the few columns later stages still read, with the rows above taken from the
+    cache: a strip of ``radius + 1`` rows per stage instead of the whole map.
+    """
+
+    def __init__(self, prior: Prior, codes: torch.Tensor, condition: torch.Tensor | None) -> None:
+        self.prior, self.codes, self.condition = prior, codes, condition
+        self.width = codes.shape[2]
+        self.radii = [int(stage.radius) for stage in prior.stages]  # type: ignore[arg-type]
+        self.after = [sum(self.radii[index + 1 :]) for index in range(len(self.radii))]
+        self.inputs: list[State | None] = [None] * len(self.radii)  # full-map input of each stage
+
+    def _columns(self, reach: int, j: int | None) -> tuple[int, int]:
+        return (0, self.width) if j is None else (max(0, j - reach), min(self.width, j + reach + 1))
+
+    def _row(self, i: int, j: int | None) -> torch.Tensor:
+        first, last = self._columns(sum(self.radii), j)
+        current = self.prior.embed(self.codes[:, i : i + 1, first:last], (i, first))
+        for index, stage in enumerate(self.prior.stages):
+            if j is None:
+                self._store(index, i, current)
+            cached = self.inputs[index]
+            above = max(0, i - self.radii[index])
+            if cached is not None and above < i:
+                rows = _crop(cached, slice(above, i), slice(first, last))
+                if isinstance(rows, tuple):
+                    assert isinstance(current, tuple)
+                    current = (torch.cat([rows[0], current[0]], 2), torch.cat([rows[1], current[1]], 2))
+                else:
+                    current = torch.cat([rows, current], 2)  # type: ignore[list-item]
+            output = stage(current, self.condition)
+            new_first, new_last = self._columns(self.after[index], j)
+            current = _crop(output, slice(-1, None), slice(new_first - first, new_last - first))
+            first, last = new_first, new_last
+        assert isinstance(current, torch.Tensor)
+        return current
+
+    def _store(self, index: int, i: int, row: State) -> None:
+        if self.inputs[index] is None:
+            height = self.codes.shape[1]
+            self.inputs[index] = _apply(row, lambda t: t.new_zeros(t.shape[0], t.shape[1], height, t.shape[3]))
+        cache = self.inputs[index]
+        if isinstance(cache, tuple):
+            assert isinstance(row, tuple)
+            cache[0][:, :, i] = row[0][:, :, 0]
+            cache[1][:, :, i] = row[1][:, :, 0]
+        else:
+            assert isinstance(cache, torch.Tensor) and isinstance(row, torch.Tensor)
+            cache[:, :, i] = row[:, :, 0]
+
+    def logits(self, i: int, j: int) -> torch.Tensor:
+        """Logits (B, K) at (i, j); rows above i must have been finished."""
+        return self._row(i, j)[:, :, 0, 0]
+
+    def finish_row(self, i: int) -> None:
+        """Cache every stage's input on row i (call once row i is fully sampled)."""
+        self._row(i, None)
 
 
 @torch.no_grad()
@@ -126,13 +194,13 @@ def sample_codes(
         count = min(batch_size, num_samples - start)
         codes = torch.zeros(count, height, width, dtype=torch.long, device=device)
         cond = condition[start : start + count].to(device) if condition is not None else None
+        cache = RowCache(prior, codes, cond) if sampler == "fast" else None
         for i in range(height):
             for j in range(width):
-                if sampler == "fast":
-                    logits = window_logits(prior, codes, i, j, cond)
-                else:
-                    logits = prior(codes, cond)[:, :, i, j]
+                logits = cache.logits(i, j) if cache is not None else prior(codes, cond)[:, :, i, j]
                 codes[:, i, j] = draw(logits, temperature, generator)
+            if cache is not None:
+                cache.finish_row(i)
             bar.update(count * width)
         out.append(codes.cpu())
     bar.close()

@@ -13,6 +13,8 @@ vertical/horizontal stacks without a blind spot, conditional biases).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,11 +104,6 @@ class PositionalEmbedding(nn.Module):
         return x + self.table[:, :, top : top + height, left : left + width].to(x.dtype)
 
 
-def _embed(prior: PixelCNN | GatedPixelCNN, codes: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
-    x = prior.embedding(codes).permute(0, 3, 1, 2)  # (B, h, w, E) -> (B, E, h, w)
-    return prior.position(x, offset) if prior.position is not None else x
-
-
 def _positional(config: PriorConfig) -> PositionalEmbedding | None:
     if not config.positional:
         return None
@@ -115,29 +112,22 @@ def _positional(config: PriorConfig) -> PositionalEmbedding | None:
     return PositionalEmbedding(config.embedding_dim, config.code_height, config.code_width)
 
 
-class PixelCNN(nn.Module):
-    """The seed prior: embedding, 7x7 mask-A conv, residual blocks with 3x3 mask-B convs, output head.
+class StagedPrior(nn.Module):
+    """Shared by both priors: a code embedding (plus optional positional embedding), a list of
+    causal ``stages`` with known radii, and ``forward(codes, condition) -> logits (B, K, h, w)``."""
 
-    ``forward(codes (B, h, w) int64, condition (B,) | None) -> logits (B, num_embeddings, h, w)``.
-    """
-
-    def __init__(self, config: PriorConfig, num_embeddings: int) -> None:
+    def __init__(self, config: PriorConfig, num_embeddings: int, stages: Sequence[nn.Module]) -> None:
         super().__init__()
         self.config = config
         self.num_embeddings = num_embeddings
-        classes = config.num_slices if config.condition_on_slice else None
-        channels = config.hidden_channels
         self.embedding = nn.Embedding(num_embeddings, config.embedding_dim)
         self.position = _positional(config)
-        self.stages = nn.ModuleList(
-            [InputStage(config.embedding_dim, channels, config.input_kernel_size, classes)]
-            + [PixelResidualBlock(channels, config.kernel_size, classes) for _ in range(config.num_layers)]
-            + [OutputHead(channels, num_embeddings)]
-        )
+        self.stages = nn.ModuleList(stages)
 
     def embed(self, codes: torch.Tensor, offset: tuple[int, int] = (0, 0)) -> State:
         """Input state for ``codes`` whose top-left corner sits at ``offset`` in the full map."""
-        return _embed(self, codes, offset)
+        x = self.embedding(codes).permute(0, 3, 1, 2)  # (B, h, w, E) -> (B, E, h, w)
+        return self.position(x, offset) if self.position is not None else x
 
     def forward(self, codes: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         state = self.embed(codes)
@@ -150,6 +140,23 @@ class PixelCNN(nn.Module):
     def receptive_radius(self) -> int:
         """How far (in rows/columns) a position's logits can look back."""
         return sum(stage.radius for stage in self.stages)  # type: ignore[misc]
+
+
+class PixelCNN(StagedPrior):
+    """The seed prior: embedding, 7x7 mask-A conv, residual blocks with 3x3 mask-B convs, output head.
+
+    ``forward(codes (B, h, w) int64, condition (B,) | None) -> logits (B, num_embeddings, h, w)``.
+    """
+
+    def __init__(self, config: PriorConfig, num_embeddings: int) -> None:
+        classes = config.num_slices if config.condition_on_slice else None
+        channels = config.hidden_channels
+        stages = (
+            [InputStage(config.embedding_dim, channels, config.input_kernel_size, classes)]
+            + [PixelResidualBlock(channels, config.kernel_size, classes) for _ in range(config.num_layers)]
+            + [OutputHead(channels, num_embeddings)]
+        )
+        super().__init__(config, num_embeddings, stages)
 
 
 def _gate(x: torch.Tensor) -> torch.Tensor:
@@ -193,39 +200,24 @@ class GatedStage(nn.Module):
         return v_out, (h_out if self.first else h + h_out)
 
 
-class GatedPixelCNN(nn.Module):
+class GatedPixelCNN(StagedPrior):
     """Gated PixelCNN prior (van den Oord et al. 2016): a mask-A gated layer with
     ``input_kernel_size``, ``num_layers`` mask-B gated layers with ``kernel_size``, output head."""
 
     def __init__(self, config: PriorConfig, num_embeddings: int) -> None:
-        super().__init__()
-        self.config = config
-        self.num_embeddings = num_embeddings
         classes = config.num_slices if config.condition_on_slice else None
         channels = config.hidden_channels
-        self.embedding = nn.Embedding(num_embeddings, config.embedding_dim)
-        self.position = _positional(config)
         first = GatedStage(config.embedding_dim, channels, config.input_kernel_size, True, classes)
         rest = [
             GatedStage(channels, channels, config.kernel_size, False, classes) for _ in range(config.num_layers)
         ]
-        self.stages = nn.ModuleList([first, *rest, OutputHead(channels, num_embeddings)])
+        super().__init__(config, num_embeddings, [first, *rest, OutputHead(channels, num_embeddings)])
 
     def embed(self, codes: torch.Tensor, offset: tuple[int, int] = (0, 0)) -> State:
         """Input state (vertical, horizontal) for ``codes`` placed at ``offset`` in the full map."""
-        x = _embed(self, codes, offset)
+        x = super().embed(codes, offset)
+        assert isinstance(x, torch.Tensor)
         return x, x
-
-    def forward(self, codes: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        state = self.embed(codes)
-        for stage in self.stages:
-            state = stage(state, condition)
-        assert isinstance(state, torch.Tensor)
-        return state
-
-    @property
-    def receptive_radius(self) -> int:
-        return sum(stage.radius for stage in self.stages)  # type: ignore[misc]
 
 
 Prior = PixelCNN | GatedPixelCNN
