@@ -4,13 +4,13 @@ Two samplers draw the same maps for the same model, seed and temperature:
 
 * ``naive`` runs the whole prior over the whole map once per position (h*w full passes).
 * ``fast`` (default) computes, for each position, only what that position's logits depend on.
-  Each prior stage is causal with a known radius, so the logits at (i, j) depend only on codes in
-  rows i-R..i and columns j-R..j+R (R = the prior's receptive radius). The fast sampler runs the
-  prior's own stages on that window and, after each stage, crops to the part the later stages
-  still need; the map's real borders stay real borders, so the result equals the full pass up to
-  float rounding. The work per step falls from the whole map to a few positions per layer.
-  (Compare the caching approach of Ramachandran et al. 2017, "Fast Generation for Convolutional
-  Autoregressive Models"; window recomputation needs no per-layer cache code.)
+  Every prior stage is causal with a known radius r: its output at (i, j) depends only on rows
+  i-r..i and columns j-r..j+r of its input. Once row i is sampled, each stage's activations on
+  row i are final, so :class:`RowCache` stores them (one full-width pass per row); the logits at
+  (i, j) then need, per stage, row i alone over the columns later stages still read, with the rows
+  above read from the cache. The map's real borders stay real borders, so the result equals the
+  full pass up to float rounding (compare Ramachandran et al. 2017, "Fast Generation for
+  Convolutional Autoregressive Models", which caches per layer in the same spirit).
 
 Draws use the Gumbel-max trick with noise from a seeded CPU ``torch.Generator``, so both
 samplers consume identical random numbers and a draw only changes if float rounding moves the
