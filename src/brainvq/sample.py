@@ -19,9 +19,8 @@ top two perturbed logits past each other.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,14 +269,3 @@ def sample(
         seed=seed,
         temperature=temperature,
     )
-
-
-def grid_shape(count: int) -> tuple[int, int]:
-    """(rows, cols) of a near-square grid for ``count`` images."""
-    cols = math.ceil(math.sqrt(count))
-    return math.ceil(count / cols), cols
-
-
-def as_uint8(images: torch.Tensor) -> Sequence[Any]:
-    """(N, 1, H, W) floats in [0, 1] -> list of (H, W) uint8 numpy arrays."""
-    return [(img[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy() for img in images]
