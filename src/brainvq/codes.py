@@ -14,6 +14,7 @@ import torch
 
 from brainvq.data import SliceDataset, iterate_batches
 from brainvq.errors import RunError
+from brainvq.metrics import autocast_context
 from brainvq.models.vqvae import VQVAE
 from brainvq.runs import atomic_torch_save
 
@@ -101,9 +102,7 @@ def encode_dataset(
     code_dtype = torch.int16 if model.config.num_embeddings <= 32767 else torch.int32
     for batch in iterate_batches(dataset, batch_size):
         images = batch["image"].to(device)
-        with torch.autocast(
-            device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
-        ):
+        with autocast_context(device, autocast_dtype):
             chunks.append(model.encode(images).to(code_dtype).cpu())
     return CodeMaps(
         indices=torch.cat(chunks),

@@ -185,12 +185,6 @@ def _to_gray(image: Image.Image, path: Path) -> np.ndarray:
     raise DataError(f"{path}: unsupported PNG mode {mode}; expected grayscale")
 
 
-def to_unit_float(array: np.ndarray) -> np.ndarray:
-    """Scale uint8 or uint16 pixels to float32 in [0, 1]."""
-    scale = 65535.0 if array.dtype == np.uint16 else 255.0
-    return array.astype(np.float32) / scale
-
-
 def read_mask(path: Path) -> np.ndarray:
     """Read a mask PNG with levels 0/85/170/255 as int64 labels 0..3."""
     array = read_png(path)
@@ -405,8 +399,9 @@ def summarize_split(root: str | Path, split: str) -> tuple[dict[str, Any], list[
     for subject, slices in missing.items():
         problems.append(f"{scan.folder}: subject {subject} is missing slices {slices}")
     dtypes = sorted({str(a.dtype) for _, a in good})
-    lows = [float(to_unit_float(a).min()) for _, a in good]
-    highs = [float(to_unit_float(a).max()) for _, a in good]
+    scales = [65535.0 if a.dtype == np.uint16 else 255.0 for _, a in good]
+    lows = [float(a.min()) / scale for (_, a), scale in zip(good, scales, strict=True)]
+    highs = [float(a.max()) / scale for (_, a), scale in zip(good, scales, strict=True)]
     summary = {
         "folder": str(scan.folder),
         "images": len(scan.records),

@@ -153,7 +153,8 @@ class PriorMeter:
         }
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """``torch.autocast`` to ``dtype`` on ``device``, or a disabled context when ``dtype`` is None."""
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
@@ -169,14 +170,14 @@ def evaluate_reconstructions(
     (model calls under ``autocast`` dtype when given; metrics always in float32)."""
     from brainvq.data import iterate_batches
 
-    raw: Any = getattr(model, "module", model)
-    meter = ReconstructionMeter(raw.config.num_embeddings, full=full)
+    config: Any = model.config
+    meter = ReconstructionMeter(config.num_embeddings, full=full)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     for batch in iterate_batches(dataset, batch_size):
         images = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
-        with _autocast(device, autocast):
+        with autocast_context(device, autocast):
             output = model(images)
         meter.update(output.recon.float(), images, output.indices, batch["subject"])
     model.train(was_training)
@@ -196,7 +197,7 @@ def evaluate_prior(
         batch = codes.batch(list(range(start, min(start + batch_size, len(codes)))))
         target = batch["codes"].to(device)
         condition = batch["slice"].to(device).clamp(min=0) if conditioned else None
-        with _autocast(device, autocast):
+        with autocast_context(device, autocast):
             logits = model(target, condition)
         meter.update(logits, target)
     model.train(was_training)

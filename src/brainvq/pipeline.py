@@ -24,14 +24,12 @@ from brainvq.figures import all_training_figures, image_grid, reconstruction_gri
 from brainvq.metrics import evaluate_prior, evaluate_reconstructions
 from brainvq.runs import LoadedRun, RunDir, atomic_save_image, atomic_write_json, load_run
 from brainvq.sample import sample
-from brainvq.train import autocast_dtype, train_prior, train_vqvae
+from brainvq.train import autocast_dtype, resolve_accelerator, train_prior, train_vqvae
 
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return torch.device(resolve_accelerator(device))
 
 
 def encode_run(

@@ -29,10 +29,10 @@ from torch import nn
 from tqdm import tqdm
 
 from brainvq.codes import CodeMaps
-from brainvq.config import Config, FabricConfig, TrainConfig, save_config
+from brainvq.config import Config, FabricConfig, TrainConfig, config_from_dict, save_config
 from brainvq.data import SliceDataset, check_no_leak, load_split
 from brainvq.errors import DataError, RunError, TrainingError
-from brainvq.metrics import code_usage, evaluate_prior, evaluate_reconstructions, ssim_per_image
+from brainvq.metrics import autocast_context, code_usage, evaluate_prior, evaluate_reconstructions, ssim_per_image
 from brainvq.models.pixelcnn import build_prior
 from brainvq.models.vqvae import VQVAE
 from brainvq.runs import RunDir, atomic_torch_save, atomic_write_json, load_checkpoint
@@ -163,7 +163,7 @@ class Task(ABC):
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput: ...
 
     @abstractmethod
-    def validate(self, model: nn.Module, fabric: Fabric) -> dict[str, float]: ...
+    def validate(self, model: nn.Module) -> dict[str, float]: ...
 
     def on_step(self, output: StepOutput) -> None:
         """Accumulate per-epoch statistics (default: nothing)."""
@@ -248,7 +248,7 @@ class VQVAETask(Task):
         return {"train_codes_used": used, "train_perplexity": perplexity}
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, fabric: Fabric) -> dict[str, float]:
+    def validate(self, model: nn.Module) -> dict[str, float]:
         if self.val_set is None:
             return {}
         summary = evaluate_reconstructions(
@@ -269,11 +269,7 @@ class VQVAETask(Task):
         images = dataset.images(picks).to(fabric.device)
         was_training = model.training
         model.eval()
-        with torch.autocast(
-            fabric.device.type,
-            dtype=autocast_dtype(self.config.fabric.precision) or torch.bfloat16,
-            enabled=autocast_dtype(self.config.fabric.precision) is not None,
-        ):
+        with autocast_context(fabric.device, autocast_dtype(self.config.fabric.precision)):
             recon = model(images).recon.float()
         model.train(was_training)
         to_uint8 = lambda t: (t.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu()  # noqa: E731
@@ -331,7 +327,7 @@ class PriorTask(Task):
         return StepOutput(loss, {"loss": loss.item(), "bits_per_code": loss.item() / math.log(2)})
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, fabric: Fabric) -> dict[str, float]:
+    def validate(self, model: nn.Module) -> dict[str, float]:
         if self.val_codes is None:
             return {}
         summary = evaluate_prior(
@@ -441,7 +437,7 @@ class Engine:
                     state.stop_reason = f"{train.max_steps} steps"
                 elif time.monotonic() >= deadline:
                     state.stop_reason = f"{train.max_minutes} minutes"
-                if state.step % train.checkpoint_every_steps == 0 or state.stop_reason:
+                if state.step % train.checkpoint_every_steps == 0 and not state.stop_reason:
                     self._save("last")
                 if state.stop_reason:
                     break
@@ -486,7 +482,7 @@ class Engine:
             "minutes": state.elapsed_seconds / 60,
         }
         metrics.update(self.task.epoch_metrics())
-        metrics.update(self.task.validate(self.model, self.fabric))  # the unwrapped model: no collectives
+        metrics.update(self.task.validate(self.model))  # the unwrapped model: no collectives
         state.history.append(metrics)
         self.fabric.log_dict({f"epoch/{k}": v for k, v in metrics.items()}, step=state.step)
         self.task.on_validated(self.model, self.fabric, self.run, state.epoch if not partial else state.epoch + 1)
@@ -558,8 +554,6 @@ def _resume_config(run: RunDir, stage: str, config: Config, resume: bool) -> Con
     path = run.checkpoint(stage, "last")
     if not path.is_file():
         raise RunError(f"{run.root}: nothing to resume (no {path.name})")
-    from brainvq.config import config_from_dict
-
     saved = config_from_dict(load_checkpoint(path)["config"])
     config.model, config.prior = saved.model, saved.prior
     return config
@@ -626,8 +620,6 @@ def train_prior(
 
 
 def config_from_checkpoint(path: Path) -> Config:
-    from brainvq.config import config_from_dict
-
     return config_from_dict(load_checkpoint(path)["config"])
 
 
