@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.brainvq-installed
 
-.PHONY: demo test test-quick lint typecheck bench clean-venv
+.PHONY: demo test test-quick lint typecheck bench clean-venv browsers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/brainvq demo --out runs/demo --force
 
-test: $(STAMP)
+# The report test renders RUN/report.html in headless Chromium; install it here (never from a test)
+# where apt-get and root are available, else that one test skips and says why.
+browsers:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	  echo "note: Chromium not installed; the report-rendering test will be skipped"
+
+test: $(STAMP) browsers
 	$(BIN)/python -m pytest -m "not gpu" -q
 
 test-quick: $(STAMP)

@@ -11,7 +11,9 @@ import torch
 from brainvq.config import Config, load_config
 from brainvq.phantom import make_phantom
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# At most 2 threads; fewer when OMP_NUM_THREADS says so (e.g. while a long run shares the CPU:
+# oversubscribed OpenMP threads slow small kernels down by orders of magnitude).
+torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")

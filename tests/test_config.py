@@ -68,3 +68,77 @@ def test_presets_load() -> None:
 def test_partial_dict_keeps_defaults() -> None:
     config = config_from_dict({"model": {"num_embeddings": 64}})
     assert config.model.num_embeddings == 64 and config.model.embedding_dim == Config().model.embedding_dim
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("prior.arch=foo", "config key 'prior.arch': 'foo' is not one of pixelcnn, gated"),
+        ("model.quantizer=foo", "config key 'model.quantizer'"),
+        ("model.output=foo", "config key 'model.output'"),
+        ("train.schedule=foo", "config key 'train.schedule'"),
+        ("train.recon_loss=foo", "config key 'train.recon_loss'"),
+        ("prior.kernel_size=4", "must be odd"),
+        ("train.checkpoint_every_steps=0", "must be positive"),
+        ("fabric.accelerator=tpu", "config key 'fabric.accelerator'"),
+    ],
+)
+def test_bad_values_are_one_line_errors_when_the_config_is_built(
+    override: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 9.15: validated once, when built (a Python user gets the ConfigError too)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        apply_overrides(Config(), [override])
+    from brainvq.cli import main
+
+    code = main(["train-vqvae", "--data", str(tmp_path), "--run", str(tmp_path / "run"), "--set", override])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cuda_without_a_gpu_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from brainvq.cli import main
+    from brainvq.phantom import make_phantom
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    make_phantom(tmp_path / "data", 3, size=32, num_slices=2)
+    for accelerator in ("cuda", "gpu"):
+        code = main(["train-vqvae", "--data", str(tmp_path / "data"), "--run", str(tmp_path / "run"),
+                     "--set", f"fabric.accelerator={accelerator}"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and "no CUDA device is visible" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_gpu_is_an_alias_of_cuda_and_auto_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from brainvq.devices import inference_precision, resolve_accelerator, resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_accelerator("gpu") == resolve_accelerator("auto") == "cuda"
+    assert resolve_precision("auto", resolve_accelerator("gpu")) == "bf16-mixed"  # issue 9.10: not fp32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", "cuda") == "16-mixed"
+    # evaluation follows the device it runs on, not the precision the run trained at
+    assert inference_precision(torch.device("cpu")) == resolve_precision("auto", "cpu")
+    assert inference_precision(torch.device("cpu")) != "16-mixed"
+    assert inference_precision(torch.device("cpu"), "32-true") == "32-true"
+
+
+def test_string_keys_keep_their_text() -> None:
+    config = apply_overrides(Config(), ["data.root=2024", "data.val_split=yes", "data.train_split=on"])
+    assert (config.data.root, config.data.val_split, config.data.train_split) == ("2024", "yes", "on")
+    assert apply_overrides(Config(), ["data.root=null"]).data.root is None
+
+
+def test_retired_keys_in_old_checkpoints_still_load() -> None:
+    old = Config().to_dict()
+    old["data"]["num_workers"] = 0
+    old["fabric"]["compile"] = False
+    assert config_from_dict(old) == Config()

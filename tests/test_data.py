@@ -68,11 +68,17 @@ def test_subsets_are_deterministic(phantom_root: Path) -> None:
     assert len(dataset) == 5
 
 
-def test_plain_folder(tmp_path: Path) -> None:
-    for i in range(3):
-        Image.fromarray(np.full((16, 16), 40 * i, dtype=np.uint8)).save(tmp_path / f"img{i}.png")
-    dataset = load_split(tmp_path, "anything")
-    assert len(dataset) == 3 and dataset[0]["subject"] == -1 and dataset[0]["slice"] == -1
+def test_plain_folder_splits_by_a_seeded_stated_fraction(tmp_path: Path) -> None:
+    for i in range(20):
+        Image.fromarray(np.full((16, 16), 10 * i, dtype=np.uint8)).save(tmp_path / f"img{i:02d}.png")
+    train, validate = load_split(tmp_path, "train"), load_split(tmp_path, "validate")
+    assert len(train) == 18 and len(validate) == 2 and train[0]["subject"] == -1 and train[0]["slice"] == -1
+    names = lambda d: {r.path.name for r in d.records}  # noqa: E731
+    assert not names(train) & names(validate)  # issue 9.4: validate is never the training images
+    assert names(validate) == names(load_split(tmp_path, "validate"))  # seeded: the same every time
+    assert len(load_split(tmp_path, "all")) == 20
+    with pytest.raises(DataError, match="plain folder of PNGs has the splits 'train' and 'validate'"):
+        load_split(tmp_path, "test")
     assert check_data(tmp_path)["layout"] == "folder"
 
 
@@ -80,9 +86,21 @@ def test_16_bit_png_is_scaled(tmp_path: Path) -> None:
     array = np.array([[0, 32768, 65535]], dtype=np.uint16).repeat(3, 0)
     Image.fromarray(array).save(tmp_path / "deep.png")
     assert read_png(tmp_path / "deep.png").dtype == np.uint16
-    dataset = load_split(tmp_path, "x")
+    dataset = load_split(tmp_path, "all")
     values = dataset.images([0])[0, 0, 0]
     assert values.tolist() == pytest.approx([0.0, 32768 / 65535, 1.0])
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_12_bit_data_in_16_bit_pngs_is_scaled_by_its_bit_depth(tmp_path: Path, in_memory: bool) -> None:
+    # issue 9.5: a 12-bit MRI export (0..4095) must not land near black (it used to be divided by 65535)
+    for i, top in enumerate((4095, 2000)):
+        array = np.array([[0, top // 2, top]], dtype=np.uint16).repeat(4, 0)
+        Image.fromarray(array).save(tmp_path / f"slice{i}.png")
+    dataset = load_split(tmp_path, "all", in_memory=in_memory)
+    assert dataset.images([0])[0, 0, 0].tolist() == pytest.approx([0.0, 2047 / 4095, 1.0])
+    assert dataset.images([1])[0, 0, 0, 2].item() == pytest.approx(2000 / 4095)  # one scale for the dataset
+    assert check_data(tmp_path)["splits"]["all"]["intensity_range"] == pytest.approx([0.0, 1.0])
 
 
 def test_rgb_with_equal_channels_is_gray(tmp_path: Path) -> None:

@@ -78,3 +78,80 @@ def test_code_usage_and_meters() -> None:
     result = prior.summary()
     assert result["prior_accuracy"] == pytest.approx(0.75)
     assert result["prior_nll_bits"] > 0
+
+
+def test_psnr_is_finite_for_identical_black_slices_and_capped_at_quantisation_noise() -> None:
+    black = torch.zeros(2, 1, 32, 32)
+    psnr = psnr_per_image(black, black)
+    assert bool(torch.isfinite(psnr).all())  # issue 9.8: was inf (and Infinity in the JSON)
+    assert psnr[0].item() == pytest.approx(10 * np.log10(12 * 255**2), abs=1e-3)  # 58.9 dB
+    pred, target = _pair()
+    mse = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+    assert torch.allclose(psnr_per_image(pred, target), 10 * torch.log10(1 / mse), atol=1e-4)
+
+
+def test_brain_masked_metrics_only_see_the_brain() -> None:
+    from brainvq.metrics import foreground_mask, masked_metrics
+
+    target = torch.zeros(1, 1, 64, 64)
+    target[..., 16:48, 16:48] = 0.6
+    pred = target.clone()
+    pred[..., :8, :8] = 1.0  # damage outside the brain only
+    mask = target > 0.5
+    ssim, psnr, valid = masked_metrics(pred, target, mask)
+    assert valid.item() and ssim.item() == pytest.approx(1.0, abs=1e-3) and psnr.item() > 58
+    assert psnr_per_image(pred, target).item() < 20  # whole-image PSNR sees the damage
+    region = foreground_mask(target)
+    assert region[0, 0, 14, 30] and not region[0, 0, 5, 5]  # 0.1 threshold, dilated by 2 pixels
+    meter = ReconstructionMeter(4)
+    meter.update(pred, target, torch.zeros(1, 4, 4, dtype=torch.long), masks=mask[:, 0].long())
+    summary = meter.summary()
+    assert summary["brain_ssim"] == pytest.approx(1.0, abs=1e-3) and summary["brain_region"].startswith("masks")
+    empty = masked_metrics(pred, target, torch.zeros_like(mask))[2]
+    assert not empty.item()  # slices without brain are left out of the brain means
+
+
+def _reference_ms_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """MS-SSIM (Wang et al. 2003) written from the paper with scipy: Gaussian window 11 / sigma 1.5,
+    statistics where the window fits, 2x2 average pooling between the 5 scales."""
+    from scipy.ndimage import correlate
+
+    weights = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
+    c1, c2 = 0.01**2, 0.03**2
+    grid = np.arange(11) - 5
+    g = np.exp(-(grid**2) / (2 * 1.5**2))
+    g /= g.sum()
+    window = np.outer(g, g)
+
+    def filt(image: np.ndarray) -> np.ndarray:
+        return correlate(image, window, mode="constant")[5:-5, 5:-5]
+
+    value = 1.0
+    for scale, weight in enumerate(weights):
+        mx, my = filt(x), filt(y)
+        vx, vy, cov = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
+        cs = (2 * cov + c2) / (vx + vy + c2)
+        if scale < 4:
+            value *= max(float(cs.mean()), 0.0) ** weight
+            h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+            x = x[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+            y = y[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+        else:
+            luminance = (2 * mx * my + c1) / (mx**2 + my**2 + c1)
+            value *= max(float((luminance * cs).mean()), 0.0) ** weight
+    return value
+
+
+@pytest.mark.parametrize("size", [164, 175, 176, 200])
+def test_ms_ssim_bound_and_value_against_a_reference(size: int) -> None:
+    from brainvq.metrics import ms_ssim_supported
+
+    assert ms_ssim_supported((size, size)) == (size >= 176)  # issue 9.9: 164..175 used to crash
+    if not ms_ssim_supported((size, size)):
+        return
+    generator = torch.Generator().manual_seed(size)
+    target = torch.nn.functional.avg_pool2d(torch.rand(1, 1, size, size, generator=generator), 5, 1, 2)
+    pred = (target + 0.05 * torch.randn(target.shape, generator=generator)).clamp(0, 1)
+    ours = ms_ssim_per_image(pred, target).item()
+    reference = _reference_ms_ssim(pred[0, 0].double().numpy(), target[0, 0].double().numpy())
+    assert ours == pytest.approx(reference, abs=2e-3)

@@ -88,7 +88,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
         return output
 
     monkeypatch.setattr(VQVAETask, "training_step", poisoned)
-    with pytest.raises(TrainingError, match="loss became nan at step 5.*last good checkpoint"):
+    with pytest.raises(TrainingError, match="the loss became non-finite at step 5.*last good checkpoint"):
         train_vqvae(config, tmp_path / "run", progress=False)
     saved = _state(tmp_path / "run")
     assert saved["loop"]["step"] == 4
@@ -147,3 +147,91 @@ def test_two_process_ddp_keeps_ranks_identical(
     result = fabric.launch(_ddp_worker, config, str(tmp_path / "run"))
     assert result["world_size"] == 2 and result["steps"] == 6
     assert result["max_difference"] == 0.0  # parameters and codebook buffers identical on both ranks
+
+
+def _disagreeing_worker(fabric: Any, config: Config, run_root: str, how: str) -> dict[str, Any]:
+    """Rank 1 alone wants to stop: a shorter time budget, or a NaN loss (issue 9.13)."""
+    train_set = load_split(config.data.root, "train", limit_images=32)
+    task = VQVAETask(config, config.train, train_set, None)
+    if fabric.global_rank == 1 and how == "budget":
+        task.train_config = apply_overrides(config, ["train.max_minutes=0.001"]).train
+    if fabric.global_rank == 1 and how == "nan":
+        original = task.training_step
+
+        def poisoned(model: Any, batch: Any) -> StepOutput:
+            output = original(model, batch)
+            output.loss = output.loss * float("nan") if engine.state.step == 3 else output.loss
+            return output
+
+        task.training_step = poisoned  # type: ignore[method-assign]
+    engine = Engine(task, fabric, RunDir(run_root), resume=False, progress=False)
+    try:
+        engine.fit()
+    except TrainingError as error:
+        return {"error": str(error), "step": engine.state.step}
+    return {"error": "", "step": engine.state.step, "reason": engine.state.stop_reason}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["budget", "nan"])
+def test_ddp_ranks_agree_to_stop(
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    from datetime import timedelta
+
+    from lightning.fabric import Fabric
+    from lightning.fabric.strategies import DDPStrategy
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    config = apply_overrides(tiny_config, ["train.max_steps=40", "train.batch_size=4", "train.max_minutes=5"])
+    RunDir(tmp_path / "run").prepare_stage("vqvae", resume=False, force=False)
+    # a short collective timeout: ranks that stop apart fail in seconds instead of hanging for 30 minutes
+    strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=20))
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy, precision="32-true")
+    result = fabric.launch(_disagreeing_worker, config, str(tmp_path / "run"), how)
+    if how == "budget":  # rank 0's own clock says go on; it must stop with rank 1, at once
+        assert result["error"] == "" and result["reason"] == "5.0 minutes" and result["step"] < 40
+    else:  # rank 0's loss is finite; it must stop with rank 1, before the update
+        assert "the loss became non-finite at step 4" in result["error"] and result["step"] == 3
+
+
+def test_non_finite_gradients_stop_before_the_update(
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 9.11: a finite loss with NaN gradients used to write NaN weights into `last`
+    config = _limited(tiny_config, "train.max_steps=20", "train.checkpoint_every_steps=2")
+    original = VQVAETask.training_step
+    calls = {"n": 0}
+
+    def poisoned(self: VQVAETask, model: Any, batch: Any) -> StepOutput:
+        calls["n"] += 1
+        output = original(self, model, batch)
+        if calls["n"] == 5:  # the loss stays finite; one gradient turns NaN in backward
+            weight = next(p for p in model.parameters() if p.requires_grad)
+            weight.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+        return output
+
+    monkeypatch.setattr(VQVAETask, "training_step", poisoned)
+    with pytest.raises(TrainingError, match="a gradient became non-finite at step 5.*last good checkpoint"):
+        train_vqvae(config, tmp_path / "run", progress=False)
+    state = _state(tmp_path / "run")
+    assert state["loop"]["step"] == 4
+    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
+
+
+def test_nan_message_never_names_a_missing_checkpoint(
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _limited(tiny_config, "train.max_steps=20", "train.checkpoint_every_steps=100")
+    original = VQVAETask.training_step
+
+    def poisoned(self: VQVAETask, model: Any, batch: Any) -> StepOutput:
+        output = original(self, model, batch)
+        output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(VQVAETask, "training_step", poisoned)
+    with pytest.raises(TrainingError, match="No checkpoint was written yet") as error:
+        train_vqvae(config, tmp_path / "run", progress=False)
+    assert "vqvae-last.ckpt" not in str(error.value)

@@ -25,10 +25,10 @@ def _config(args: argparse.Namespace) -> Any:
     path = args.config
     if getattr(args, "preset", None):
         path = path or find_preset(args.preset)
-    overrides = list(args.set or [])
+    config = load_config(path, list(args.set or []))
     if getattr(args, "data", None):
-        overrides.insert(0, f"data.root={args.data}")
-    return load_config(path, overrides)
+        config.data.root = str(args.data)  # a path, never parsed as YAML (a folder named 2024 or yes)
+    return config
 
 
 def _stop_overrides(args: argparse.Namespace, section: str) -> list[str]:
@@ -41,6 +41,10 @@ def _stop_overrides(args: argparse.Namespace, section: str) -> list[str]:
 
 
 def _print(data: Any, as_json: bool) -> None:
+    from brainvq.train import launch_rank
+
+    if launch_rank() != 0:  # under a distributed launch, rank 0 speaks for all
+        return
     if as_json:
         print(json.dumps(data, indent=2))
     else:
@@ -55,13 +59,62 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     if args.subjects < 3:
         raise BrainVQError("--subjects must be at least 3 (one subject per split)")
     started = time.monotonic()
-    counts = make_phantom(args.out, args.subjects, seed=args.seed, size=args.size, num_slices=args.slices)
+    counts = make_phantom(
+        args.out, args.subjects, seed=args.seed, size=args.size, num_slices=args.slices, volumes=args.volumes
+    )
     seconds = time.monotonic() - started
     total = sum(counts.values())
     print(
         f"wrote {total} slices ({', '.join(f'{k} {v}' for k, v in counts.items())}) to {args.out} "
         f"in {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} slices/s)"
     )
+    return 0
+
+
+def cmd_slice_volumes(args: argparse.Namespace) -> int:
+    from brainvq.volumes import SliceOptions, parse_label_map, parse_range, slice_volumes
+
+    try:
+        fractions = [float(f) for f in args.splits.split(",")]
+        low, high = (float(p) for p in args.percentiles.split(","))
+    except ValueError:
+        raise BrainVQError("--splits and --percentiles take comma-separated numbers") from None
+    options = SliceOptions(
+        axis=args.axis,
+        num_slices=args.slices if args.slices is not None else (None if args.range else 32),
+        slice_range=parse_range(args.range) if args.range else None,
+        size=args.size,
+        bits=args.bits,
+        percentiles=(low, high),
+        label_map=parse_label_map(args.label_map),
+    )
+    summary = slice_volumes(
+        args.input,
+        args.out,
+        options,
+        labels_dir=args.labels,
+        subject_pattern=args.subject_pattern,
+        subjects_csv=args.subjects_csv,
+        fractions=fractions,
+        seed=args.seed,
+        force=args.force,
+        workers=args.workers,
+        progress=not args.json,
+    )
+    result = {
+        "out": str(summary.out),
+        "volumes": summary.volumes,
+        "images": summary.images,
+        "subjects": summary.subjects,
+        "seconds": round(summary.seconds, 2),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"wrote {summary.images} slices of {summary.volumes} volumes to {summary.out} in "
+            f"{summary.seconds:.1f} s (subjects: {', '.join(f'{k} {v}' for k, v in summary.subjects.items())})"
+        )
     return 0
 
 
@@ -86,21 +139,41 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 1 if report["problems"] else 0
 
 
-def cmd_train_vqvae(args: argparse.Namespace) -> int:
+def _stage_config(args: argparse.Namespace, stage: str, section: str) -> Any:
+    """The config a training command runs with.
+
+    A new stage: defaults, then ``--config``, ``--set``, ``--data`` and the stop flags. A resumed
+    stage (``--resume``): the run's own saved config, then only the keys the user gave on purpose,
+    each of which is reported, so a resume never silently falls back to defaults.
+    """
     from brainvq.config import apply_overrides
+    from brainvq.train import resumed_config
+
+    if not args.resume:
+        return apply_overrides(_config(args), _stop_overrides(args, section))
+    overrides = list(args.set or []) + _stop_overrides(args, section)
+    config, changed = resumed_config(args.run, stage, overrides, args.config)
+    if getattr(args, "data", None) and str(args.data) != config.data.root:
+        changed.append(f"data.root: {config.data.root!r} -> {str(args.data)!r}")
+        config.data.root = str(args.data)
+    note = "; overridden: " + ", ".join(changed) if changed else " (nothing overridden)"
+    print(f"[{stage}] resuming with the run's saved config{note}", file=sys.stderr)
+    return config
+
+
+def cmd_train_vqvae(args: argparse.Namespace) -> int:
     from brainvq.train import train_vqvae
 
-    config = apply_overrides(_config(args), _stop_overrides(args, "train"))
+    config = _stage_config(args, "vqvae", "train")
     summary = train_vqvae(config, args.run, resume=args.resume, force=args.force, progress=not args.quiet)
     _print(summary, args.json)
     return 0
 
 
 def cmd_train_prior(args: argparse.Namespace) -> int:
-    from brainvq.config import apply_overrides
     from brainvq.train import train_prior
 
-    config = apply_overrides(_config(args), _stop_overrides(args, "prior_train"))
+    config = _stage_config(args, "prior", "prior_train")
     summary = train_prior(config, args.run, resume=args.resume, force=args.force, progress=not args.quiet)
     _print(summary, args.json)
     return 0
@@ -180,6 +253,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from brainvq.config import find_preset, load_config
+    from brainvq.files import mark_owned, remove_owned
     from brainvq.phantom import make_phantom
     from brainvq.pipeline import headline, run_pipeline
 
@@ -188,10 +262,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise BrainVQError(f"{out}: already exists; pass --force to redo the demo there")
     started = time.monotonic()
     data = out / "phantom"
-    if args.force and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
+    if args.force:
+        remove_owned(out, "brainvq demo folder")  # refuses a folder brainvq did not make
+    mark_owned(out, "demo")
     print(f"[demo] writing a synthetic phantom dataset to {data} ...", flush=True)
     make_phantom(data, args.subjects, seed=0, size=args.size)
     config = load_config(find_preset("demo"), [f"data.root={data}", *(args.set or [])])
@@ -233,7 +306,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--slices", type=int, default=32)
+    p.add_argument("--volumes", action="store_true", help="also write NIfTI volumes (OUT/volumes, OUT/labels)")
     p.set_defaults(handler=cmd_phantom)
+
+    from brainvq.volumes import DEFAULT_SUBJECT_PATTERN
+
+    p = sub.add_parser("slice-volumes", help="cut NIfTI/Analyze/MGH volumes into the OASIS slice layout")
+    p.add_argument("input", type=Path, help="folder of volumes (searched recursively)")
+    p.add_argument("out", type=Path, help="output data root (must not exist unless --force)")
+    p.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial")
+    p.add_argument("--slices", type=int, help="N evenly spaced slices over the head (default 32)")
+    p.add_argument("--range", help="A:B voxel indices of the canonical (RAS+) volume along the axis")
+    p.add_argument("--size", type=int, default=256, help="output side in pixels (default 256)")
+    p.add_argument("--bits", type=int, choices=(8, 16), default=8)
+    p.add_argument("--percentiles", default="0.5,99.5", help="robust intensity range (default 0.5,99.5)")
+    p.add_argument("--labels", type=Path, help="folder of label volumes, matched by subject id")
+    p.add_argument("--label-map", default="0:0,1:85,2:170,3:255", help="label value:grey level pairs")
+    p.add_argument(
+        "--subject-pattern", default=DEFAULT_SUBJECT_PATTERN, help="regex; its first group is the subject id"
+    )
+    p.add_argument("--subjects-csv", type=Path, help="CSV with columns file,subject (instead of the pattern)")
+    p.add_argument("--splits", default="0.8,0.1,0.1", help="train,validate,test fractions of subjects")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, help="processes (default: one per core)")
+    p.add_argument("--force", action="store_true", help="replace OUT if brainvq made it")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_slice_volumes)
 
     p = sub.add_parser("check-data", help="report images, subjects, sizes and problems per split")
     p.add_argument("data", type=Path)

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from brainvq.data import SliceDataset, iterate_batches
-from brainvq.errors import RunError
-from brainvq.metrics import autocast_context
+from brainvq.devices import autocast_context
+from brainvq.errors import DataError, RunError
 from brainvq.models.vqvae import VQVAE
 from brainvq.runs import atomic_torch_save
 
@@ -29,6 +29,7 @@ class CodeMaps:
     split: str
     num_embeddings: int
     image_size: tuple[int, int]
+    vqvae_hash: str = ""  # content hash of the VQ-VAE checkpoint that made these maps
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -44,6 +45,7 @@ class CodeMaps:
                 "split": self.split,
                 "num_embeddings": self.num_embeddings,
                 "image_size": list(self.image_size),
+                "vqvae_hash": self.vqvae_hash,
             },
         )
 
@@ -64,12 +66,36 @@ class CodeMaps:
             data["split"],
             data["num_embeddings"],
             tuple(data["image_size"]),
+            str(data.get("vqvae_hash", "")),
         )
+
+    def check_made_by(self, vqvae_hash: str, path: Path) -> CodeMaps:
+        """Refuse code maps made by another VQ-VAE checkpoint than ``vqvae_hash`` (stale after retraining)."""
+        if self.vqvae_hash != vqvae_hash:
+            raise RunError(
+                f"{path}: stale code maps, made by VQ-VAE checkpoint {self.vqvae_hash or 'unknown'} but the "
+                f"run's VQ-VAE is now {vqvae_hash}; run `brainvq encode` again"
+            )
+        return self
 
     def batch(self, indices: torch.Tensor | list[int]) -> dict[str, torch.Tensor]:
         """A training batch: ``codes`` (B, h, w) int64 and ``slice`` (B,) int64."""
         index = torch.as_tensor(indices, dtype=torch.long)
         return {"codes": self.indices[index].long(), "slice": self.slices[index]}
+
+
+def slice_condition(slices: torch.Tensor, num_slices: int, where: str = "") -> torch.Tensor:
+    """The one rule for slice conditioning, in training, evaluation and sampling: indices must lie in
+    0..num_slices-1. Unknown slices (-1, plain folders) and larger indices are errors, never clamped."""
+    slices = torch.as_tensor(slices, dtype=torch.long)
+    if slices.numel() and (int(slices.min()) < 0 or int(slices.max()) >= num_slices):
+        bad = int(slices.min()) if int(slices.min()) < 0 else int(slices.max())
+        problem = "unknown (-1)" if bad < 0 else f"{bad}, outside 0..{num_slices - 1}"
+        raise DataError(
+            f"{where + ': ' if where else ''}slice index {problem}; a slice-conditioned prior needs slice "
+            f"indices 0..{num_slices - 1} (set prior.num_slices, or prior.condition_on_slice=false)"
+        )
+    return slices
 
 
 def check_image_size(model: VQVAE, image_size: tuple[int, int], trained_size: tuple[int, int] | None) -> None:
@@ -94,8 +120,10 @@ def encode_dataset(
     batch_size: int = 64,
     device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
+    vqvae_hash: str = "",
 ) -> CodeMaps:
-    """Encode every slice of ``dataset`` with ``model`` (in eval mode)."""
+    """Encode every slice of ``dataset`` with ``model`` (in eval mode), batch by batch (``dataset`` may
+    stream from disk: peak memory is one batch of images plus the code maps)."""
     device = device or next(model.parameters()).device
     model.eval()
     chunks = []
@@ -111,4 +139,5 @@ def encode_dataset(
         split=split,
         num_embeddings=model.config.num_embeddings,
         image_size=dataset.image_size,
+        vqvae_hash=vqvae_hash,
     )

@@ -16,7 +16,9 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from brainvq.devices import ACCELERATORS, PRECISIONS
 from brainvq.errors import ConfigError
+from brainvq.files import atomic_write_text
 
 T = TypeVar("T")
 
@@ -32,7 +34,6 @@ class DataConfig:
     limit_images: int | None = None
     val_limit_images: int | None = None
     in_memory: bool = True
-    num_workers: int = 0
 
 
 @dataclass
@@ -127,7 +128,6 @@ class FabricConfig:
     strategy: str = "auto"
     precision: str = "auto"
     channels_last: bool = True
-    compile: bool = False
 
 
 @dataclass
@@ -156,6 +156,53 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (YAML- and checkpoint-safe)."""
         return asdict(self)
+
+    def validate(self) -> Config:
+        """Check every value with a fixed set of choices or a range; ConfigError names the key."""
+        choices = {
+            "model.quantizer": (self.model.quantizer, ("ema", "loss")),
+            "model.codebook_init": (self.model.codebook_init, ("kmeans++", "data", "uniform")),
+            "model.output": (self.model.output, ("clamp", "sigmoid")),
+            "model.downsample": (self.model.downsample, (4, 8)),
+            "prior.arch": (self.prior.arch, ("pixelcnn", "gated")),
+            "sample.sampler": (self.sample.sampler, ("fast", "naive")),
+            "fabric.accelerator": (self.fabric.accelerator, ACCELERATORS),
+            "fabric.precision": (self.fabric.precision, PRECISIONS),
+        }
+        for section in ("train", "prior_train"):
+            stage: TrainConfig = getattr(self, section)
+            choices[f"{section}.schedule"] = (stage.schedule, ("constant", "cosine"))
+            choices[f"{section}.recon_loss"] = (stage.recon_loss, ("mse", "l1", "mse+ssim"))
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, allowed))}")
+        positive = {
+            "prior.input_kernel_size": self.prior.input_kernel_size,
+            "prior.kernel_size": self.prior.kernel_size,
+            "prior.num_layers": self.prior.num_layers,
+            "prior.num_slices": self.prior.num_slices,
+            "model.num_embeddings": self.model.num_embeddings,
+            "model.embedding_dim": self.model.embedding_dim,
+            "model.hidden_channels": self.model.hidden_channels,
+        }
+        for section in ("train", "prior_train"):
+            stage = getattr(self, section)
+            for name in ("batch_size", "val_batch_size", "checkpoint_every_steps"):
+                positive[f"{section}.{name}"] = getattr(stage, name)
+            for name in ("epochs", "max_steps", "max_minutes"):
+                if getattr(stage, name) is not None:
+                    positive[f"{section}.{name}"] = getattr(stage, name)
+        for key, number in positive.items():
+            if number <= 0:
+                raise ConfigError(f"config key '{key}': must be positive, got {number}")
+        for key in ("prior.input_kernel_size", "prior.kernel_size"):
+            if positive[key] % 2 == 0:
+                raise ConfigError(
+                    f"config key '{key}': must be odd (a masked kernel has a centre), got {positive[key]}"
+                )
+        if self.sample.temperature < 0:
+            raise ConfigError(f"config key 'sample.temperature': must be >= 0, got {self.sample.temperature}")
+        return self
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:
@@ -210,9 +257,17 @@ def _from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     return cls(**kwargs)
 
 
+# Keys that earlier versions wrote into checkpoints and that no longer exist: dropped on load.
+RETIRED_KEYS = {"data": ("num_workers",), "fabric": ("compile",)}
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build a :class:`Config` from a (possibly partial) nested dict; defaults fill the rest."""
-    return _from_dict(Config, data or {})
+    """Build and validate a :class:`Config` from a (possibly partial) nested dict; defaults fill the rest."""
+    data = dict(data or {})
+    for section, keys in RETIRED_KEYS.items():
+        if isinstance(data.get(section), dict):
+            data[section] = {k: v for k, v in data[section].items() if k not in keys}
+    return _from_dict(Config, data).validate()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -247,17 +302,32 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
             node = node[part]
         if parts[-1] not in node or isinstance(node[parts[-1]], dict):
             raise ConfigError(f"unknown config key '{key}'")
-        try:
-            node[parts[-1]] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            node[parts[-1]] = raw
+        node[parts[-1]] = _parse_value(key.strip(), raw)
     return config_from_dict(data)
+
+
+def _declared_type(key: str) -> Any:
+    section, _, name = key.partition(".")
+    section_type = get_type_hints(Config).get(section)
+    return get_type_hints(section_type).get(name) if section_type is not None else None
+
+
+def _parse_value(key: str, raw: str) -> Any:
+    """An override's value: text as is for string keys (paths like ``2024`` or ``yes`` stay strings;
+    ``null`` clears an optional one), YAML otherwise (numbers, booleans, null)."""
+    hint = _declared_type(key)
+    if hint is str or (get_origin(hint) in (Union, types.UnionType) and str in get_args(hint)):
+        if raw.strip() in ("null", "~", "None") and type(None) in get_args(hint):
+            return None
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write ``config`` as YAML atomically."""
-    from brainvq.runs import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 

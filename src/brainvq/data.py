@@ -134,12 +134,34 @@ def scan_split(root: str | Path, split: str) -> SplitScan:
     return scan
 
 
+PLAIN_VALIDATE_FRACTION = 0.1
+PLAIN_SPLIT_SEED = 0
+
+
+def plain_folder_split(files: Sequence[Path], split: str, root: Path) -> list[Path]:
+    """The stated rule for a plain folder of PNGs: ``validate`` is a seeded 10 % of its files
+    (permutation seed 0 of the sorted names, at least one file), ``train`` the other 90 %, ``all``
+    every file. A plain folder has no ``test`` split."""
+    if split == "all":
+        return list(files)
+    if split not in ("train", "validate"):
+        raise DataError(
+            f"{root}: a plain folder of PNGs has the splits 'train' and 'validate' (a seeded "
+            f"{PLAIN_VALIDATE_FRACTION:.0%} of its files) and 'all', not '{split}'"
+        )
+    order = np.random.default_rng(PLAIN_SPLIT_SEED).permutation(len(files))
+    num_val = max(1, round(PLAIN_VALIDATE_FRACTION * len(files))) if len(files) > 1 else 0
+    chosen = set(order[:num_val].tolist())
+    keep = (lambda i: i in chosen) if split == "validate" else (lambda i: i not in chosen)
+    return [path for i, path in enumerate(files) if keep(i)]
+
+
 def _scan_plain_folder(root: Path, split: str) -> SplitScan:
     scan = SplitScan(split=split, folder=root)
-    files = _png_files(root, scan.problems)
+    files = plain_folder_split(_png_files(root, scan.problems), split, root)
     scan.records = [SliceRecord(path, split) for path in files]
     if not files and not scan.problems:
-        scan.problems.append(f"{root}: no PNG images and no keras_png_slices_* folders")
+        scan.problems.append(f"{root}: no PNG images in split '{split}' and no keras_png_slices_* folders")
     return scan
 
 
@@ -238,6 +260,21 @@ def _stack_images(records: Sequence[SliceRecord], arrays: Sequence[np.ndarray]) 
     return np.stack(arrays).astype(dtype)
 
 
+BIT_DEPTHS = (10, 12, 14, 16)
+
+
+def intensity_scale(dtype: np.dtype[Any] | type, max_value: int) -> float:
+    """The value that maps to 1.0: 255 for 8-bit data; for 16-bit PNGs the full range of the smallest
+    bit depth of 10, 12, 14 or 16 bits that holds the data's maximum (a 12-bit MRI export stored in
+    16-bit PNGs is divided by 4095, not 65535). One scale per dataset, so slices keep their contrast."""
+    if np.dtype(dtype) == np.uint8:
+        return 255.0
+    for bits in BIT_DEPTHS:
+        if max_value <= 2**bits - 1:
+            return float(2**bits - 1)
+    return 65535.0
+
+
 class SliceDataset(torch.utils.data.Dataset):
     """Slices of one split; items are dicts with ``image`` (1, H, W) float in [0, 1], ``subject``,
     ``slice``, ``split``, ``path`` and, when ``with_masks``, ``mask`` (H, W) int64 labels 0..3.
@@ -263,8 +300,13 @@ class SliceDataset(torch.utils.data.Dataset):
                 raise DataError(problems[0] + more)
             self.pixels = _stack_images(self.records, [a for a in arrays if a is not None])
             self.image_size: tuple[int, int] = tuple(self.pixels.shape[1:])
+            self.scale = intensity_scale(self.pixels.dtype, int(self.pixels.max()))
         else:
-            self.image_size = tuple(read_png(self.records[0].path).shape)
+            first = read_png(self.records[0].path)
+            self.image_size = tuple(first.shape)
+            self.scale = 255.0
+            if first.dtype == np.uint16:  # one streaming pass for the dataset's bit depth
+                self.scale = intensity_scale(np.uint16, max(int(read_png(r.path).max()) for r in self.records))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -289,8 +331,9 @@ class SliceDataset(torch.utils.data.Dataset):
             raw = torch.from_numpy(self.pixels[np.asarray(indices, dtype=np.int64)])
         else:
             raw = torch.from_numpy(np.stack([self._pixels(i) for i in indices]))
-        scale = 65535.0 if raw.dtype == torch.uint16 else 255.0
-        return raw.unsqueeze(1).float().div_(scale)  # (B, H, W) -> (B, 1, H, W)
+        if raw.dtype == torch.uint8 and self.scale != 255.0:  # 8-bit files in a 16-bit dataset
+            raw = raw.to(torch.int32) * 257
+        return raw.unsqueeze(1).float().div_(self.scale)  # (B, H, W) -> (B, 1, H, W)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
@@ -365,13 +408,47 @@ def find_leaks(root: str | Path) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class ImageStats:
+    """What check-data needs of one image, without keeping its pixels."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    low: int
+    high: int
+
+
+def _read_stats(paths: Sequence[Path]) -> tuple[list[ImageStats | None], list[str]]:
+    """Shape, dtype and range of every image, read in threads; pixels are dropped as they go."""
+
+    def attempt(path: Path) -> tuple[ImageStats | None, str | None]:
+        try:
+            array = read_png(path)
+        except DataError as error:
+            return None, str(error)
+        return ImageStats(array.shape, array.dtype, int(array.min()), int(array.max())), None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(attempt, paths))
+    return [r[0] for r in results], [r[1] for r in results if r[1] is not None]
+
+
+def check_data_root(root: str | Path) -> None:
+    """Raise DataError unless ``root`` exists and is a folder (before a run is touched)."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: data root does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root}: data root is not a folder")
+
+
 def summarize_split(root: str | Path, split: str) -> tuple[dict[str, Any], list[str]]:
     """Everything ``check-data`` reports for one split: counts, slices per subject, size, range, problems."""
     scan = scan_split(root, split)
     problems = list(scan.problems)
-    arrays, read_problems = _read_all([r.path for r in scan.records])
+    stats, read_problems = _read_stats([r.path for r in scan.records])
     problems += read_problems
-    good = [(r, a) for r, a in zip(scan.records, arrays, strict=True) if a is not None]
+    good = [(r, a) for r, a in zip(scan.records, stats, strict=True) if a is not None]
     sizes: dict[tuple[int, ...], int] = defaultdict(int)
     for _, array in good:
         sizes[array.shape] += 1
@@ -399,9 +476,11 @@ def summarize_split(root: str | Path, split: str) -> tuple[dict[str, Any], list[
     for subject, slices in missing.items():
         problems.append(f"{scan.folder}: subject {subject} is missing slices {slices}")
     dtypes = sorted({str(a.dtype) for _, a in good})
-    scales = [65535.0 if a.dtype == np.uint16 else 255.0 for _, a in good]
-    lows = [float(a.min()) / scale for (_, a), scale in zip(good, scales, strict=True)]
-    highs = [float(a.max()) / scale for (_, a), scale in zip(good, scales, strict=True)]
+    wide = any(a.dtype == np.uint16 for _, a in good)
+    scale = intensity_scale(np.uint16 if wide else np.uint8, max((a.high for _, a in good), default=0))
+    lift = lambda a: 257 if wide and a.dtype == np.uint8 else 1  # noqa: E731
+    lows = [a.low * lift(a) / scale for _, a in good]
+    highs = [a.high * lift(a) / scale for _, a in good]
     summary = {
         "folder": str(scan.folder),
         "images": len(scan.records),
@@ -411,6 +490,7 @@ def summarize_split(root: str | Path, split: str) -> tuple[dict[str, Any], list[
         "image_size": [list(s)[::-1] for s in sorted(sizes)],
         "dtype": dtypes,
         "intensity_range": [min(lows), max(highs)] if good else None,
+        "intensity_scale": scale,
         "masks": sum(1 for r in scan.records if r.mask_path is not None) if scan.has_masks else 0,
     }
     return summary, problems
@@ -419,10 +499,7 @@ def summarize_split(root: str | Path, split: str) -> tuple[dict[str, Any], list[
 def check_data(root: str | Path) -> dict[str, Any]:
     """The ``check-data`` report for a data root: ``{"root", "layout", "splits": {...}, "problems": [...]}``."""
     root = Path(root)
-    if not root.exists():
-        raise DataError(f"{root}: data root does not exist")
-    if not root.is_dir():
-        raise DataError(f"{root}: data root is not a folder")
+    check_data_root(root)
     splits = available_splits(root) if is_oasis_root(root) else ["all"]
     if is_oasis_root(root) and not splits:
         raise DataError(f"{root}: holds keras_png_slices_* folders but none of train/validate/test")

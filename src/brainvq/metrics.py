@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure,
-    peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
+
+from brainvq.devices import autocast_context
 
 if TYPE_CHECKING:
     from brainvq.codes import CodeMaps
@@ -30,14 +31,19 @@ if TYPE_CHECKING:
 SEED_SSIM_DATA_RANGE = 3.0
 
 
-def ssim_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Standard SSIM of each image pair (B,), images (B, 1, H, W) in [0, 1].
+SSIM_BORDER = 5  # half the 11-pixel window: where the window does not fit inside the image
+PSNR_MSE_FLOOR = 1.0 / (12 * 255**2)  # the quantisation noise of 8-bit images: PSNR <= 58.9 dB
+FOREGROUND_THRESHOLD = 0.1  # without masks, the brain region is original > 0.1, dilated by 2 pixels
 
-    torchmetrics computes the SSIM map with reflect padding and averages it over the whole image;
-    the standard definition (Wang et al.'s reference code, scikit-image) averages only where the
-    11x11 window fits inside the image, so the 5-pixel border of the map is cropped here.
+
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """The SSIM map (B, 1, H-10, W-10) of images (B, 1, H, W), cropped to where the window fits.
+
+    torchmetrics computes the SSIM map with reflect padding; the standard definition (Wang et al.'s
+    reference code, scikit-image) uses only positions where the 11x11 window fits inside the image,
+    so the 5-pixel border of the map is cropped here.
     """
-    _, ssim_map = structural_similarity_index_measure(
+    _, full = structural_similarity_index_measure(
         pred.float(),
         target.float(),
         gaussian_kernel=True,
@@ -47,8 +53,12 @@ def ssim_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float =
         reduction="none",
         return_full_image=True,
     )
-    border = 5
-    return ssim_map[..., border:-border, border:-border].mean(dim=(1, 2, 3))  # (B, 1, H, W) -> (B,)
+    return full[..., SSIM_BORDER:-SSIM_BORDER, SSIM_BORDER:-SSIM_BORDER]
+
+
+def ssim_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Standard SSIM (Wang et al. 2004) of each image pair (B,), images (B, 1, H, W) in [0, 1]."""
+    return ssim_map(pred, target, data_range).mean(dim=(1, 2, 3))  # (B, 1, h, w) -> (B,)
 
 
 def ssim_seed_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -56,14 +66,46 @@ def ssim_seed_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return ssim_per_image(pred, target, data_range=SEED_SSIM_DATA_RANGE)
 
 
+def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB for data range 1, with the MSE floored at 8-bit quantisation noise (1 / (12 * 255^2)).
+
+    Two black slices have MSE 0 and an infinite PSNR; the floor keeps every value finite (at most
+    58.9 dB) and meaningful: 8-bit data cannot be reconstructed more exactly than its quantisation.
+    """
+    return 10 * torch.log10(1.0 / mse.clamp_min(PSNR_MSE_FLOOR))
+
+
 def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of each image pair (B,), data range 1."""
-    return peak_signal_noise_ratio(pred.float(), target.float(), data_range=1.0, reduction="none", dim=(1, 2, 3))
+    """PSNR in dB of each image pair (B,), data range 1 (see :func:`psnr_from_mse`)."""
+    return psnr_from_mse(((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3)))
+
+
+def foreground_mask(target: torch.Tensor) -> torch.Tensor:
+    """The stated brain region when no masks exist: original > 0.1, dilated by 2 pixels (B, 1, H, W) bool."""
+    bright = (target.float() > FOREGROUND_THRESHOLD).float()
+    return torch.nn.functional.max_pool2d(bright, kernel_size=5, stride=1, padding=2) > 0
+
+
+def masked_metrics(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SSIM and PSNR inside ``mask`` (B, 1, H, W) bool, per image: (ssim (B,), psnr (B,), valid (B,) bool).
+
+    SSIM averages the SSIM map over mask pixels (where the window fits); PSNR uses the MSE over
+    mask pixels. Images whose mask is empty are not valid.
+    """
+    mask = mask.float()
+    inner = mask[..., SSIM_BORDER:-SSIM_BORDER, SSIM_BORDER:-SSIM_BORDER]
+    inner_area = inner.sum(dim=(1, 2, 3))
+    ssim = (ssim_map(pred, target) * inner).sum(dim=(1, 2, 3)) / inner_area.clamp_min(1)
+    area = mask.sum(dim=(1, 2, 3))
+    mse = (((pred.float() - target.float()) ** 2) * mask).sum(dim=(1, 2, 3)) / area.clamp_min(1)
+    return ssim, psnr_from_mse(mse), inner_area > 0
 
 
 def ms_ssim_supported(image_size: tuple[int, int]) -> bool:
-    """MS-SSIM with 5 scales and an 11-pixel window needs images larger than 160 pixels a side."""
-    return min(image_size) > 160
+    """MS-SSIM with 5 scales and an 11-pixel window needs min(H, W) // 16 > 10 (176 pixels or more)."""
+    return min(image_size) // 16 > 10
 
 
 def ms_ssim_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -92,6 +134,8 @@ class ReconstructionMeter:
     values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     subjects: list[int] = field(default_factory=list)
     counts: torch.Tensor | None = None
+    brain_region: str = ""
+    codes: list[torch.Tensor] = field(default_factory=list)  # per-batch code maps, when kept
 
     def update(
         self,
@@ -99,11 +143,20 @@ class ReconstructionMeter:
         target: torch.Tensor,
         indices: torch.Tensor,
         subjects: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
     ) -> None:
+        """Add a batch; ``masks`` (B, H, W) tissue labels (0 = background) give the brain region,
+        else :func:`foreground_mask` does."""
         recon, target = recon.float().clamp(0, 1), target.float()
         self.values["ssim"] += ssim_per_image(recon, target).tolist()
         self.values["psnr"] += psnr_per_image(recon, target).tolist()
         self.values["mse"] += ((recon - target) ** 2).mean(dim=(1, 2, 3)).tolist()
+        if self.full:
+            brain = (masks > 0).unsqueeze(1).to(target.device) if masks is not None else foreground_mask(target)
+            ssim, psnr, valid = masked_metrics(recon, target, brain)
+            self.values["brain_ssim"] += ssim[valid].tolist()
+            self.values["brain_psnr"] += psnr[valid].tolist()
+            self.brain_region = "masks (label > 0)" if masks is not None else "original > 0.1, dilated 2 px"
         if self.full:
             self.values["ssim_seed"] += ssim_seed_per_image(recon, target).tolist()
         if self.full and ms_ssim_supported(tuple(target.shape[-2:])):  # type: ignore[arg-type]
@@ -116,7 +169,10 @@ class ReconstructionMeter:
     def summary(self) -> dict[str, Any]:
         """Means of every metric, codes used and perplexity, and per-subject mean SSIM."""
         result: dict[str, Any] = {"images": len(self.values["ssim"])}
-        for name in ("ssim", "ssim_seed", "psnr", "ms_ssim", "mse"):
+        if self.full:
+            result["brain_images"] = len(self.values["brain_ssim"])
+            result["brain_region"] = self.brain_region
+        for name in ("ssim", "ssim_seed", "psnr", "ms_ssim", "mse", "brain_ssim", "brain_psnr"):
             values = self.values.get(name)
             result[name] = float(sum(values) / len(values)) if values else None
         if self.counts is not None:
@@ -153,11 +209,6 @@ class PriorMeter:
         }
 
 
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Any:
-    """``torch.autocast`` to ``dtype`` on ``device``, or a disabled context when ``dtype`` is None."""
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
 @torch.no_grad()
 def evaluate_reconstructions(
     model: nn.Module,
@@ -165,9 +216,11 @@ def evaluate_reconstructions(
     batch_size: int,
     autocast: torch.dtype | None = None,
     full: bool = True,
+    keep_codes: bool = False,
 ) -> dict[str, Any]:
-    """SSIM, ssim_seed, PSNR, MS-SSIM, code usage and per-subject SSIM of a VQ-VAE on ``dataset``
-    (model calls under ``autocast`` dtype when given; metrics always in float32)."""
+    """SSIM, ssim_seed, PSNR, MS-SSIM, brain-masked SSIM/PSNR, code usage and per-subject SSIM of a
+    VQ-VAE on ``dataset``, batch by batch (model calls under ``autocast`` dtype when given; metrics
+    always in float32). With ``keep_codes``, ``codes`` (N, h, w) int16 holds the code maps."""
     from brainvq.data import iterate_batches
 
     config: Any = model.config
@@ -179,16 +232,23 @@ def evaluate_reconstructions(
         images = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
         with autocast_context(device, autocast):
             output = model(images)
-        meter.update(output.recon.float(), images, output.indices, batch["subject"])
+        meter.update(output.recon.float(), images, output.indices, batch["subject"], batch.get("mask"))
+        if keep_codes:
+            meter.codes.append(output.indices.to(torch.int32).cpu())
     model.train(was_training)
-    return meter.summary()
+    summary = meter.summary()
+    if keep_codes:
+        summary["codes"] = torch.cat(meter.codes)
+    return summary
 
 
 @torch.no_grad()
 def evaluate_prior(
     model: nn.Module, codes: CodeMaps, batch_size: int, conditioned: bool, autocast: torch.dtype | None = None
 ) -> dict[str, float]:
-    """Prior accuracy and NLL in bits per code on ``codes``."""
+    """Prior accuracy and NLL in bits per code on ``codes`` (slice indices checked by ``slice_condition``)."""
+    from brainvq.codes import slice_condition
+
     meter = PriorMeter()
     was_training = model.training
     model.eval()
@@ -196,7 +256,8 @@ def evaluate_prior(
     for start in range(0, len(codes), batch_size):
         batch = codes.batch(list(range(start, min(start + batch_size, len(codes)))))
         target = batch["codes"].to(device)
-        condition = batch["slice"].to(device).clamp(min=0) if conditioned else None
+        num_slices = int(model.config.num_slices)  # type: ignore[union-attr, arg-type]
+        condition = slice_condition(batch["slice"], num_slices, codes.split).to(device) if conditioned else None
         with autocast_context(device, autocast):
             logits = model(target, condition)
         meter.update(logits, target)

@@ -183,25 +183,68 @@ def split_subjects(num_subjects: int) -> dict[str, list[int]]:
     }
 
 
-def _write_subject(job: tuple[Path, str, int, int, int, int]) -> None:
-    """Render and write every slice (and mask) of one subject; depends only on (seed, subject id)."""
-    out, split, subject_id, seed, size, num_slices = job
+VOLUME_PADDING = 4  # empty slices below and above the head in phantom volumes
+
+
+def _write_subject(job: tuple[Path, str, int, int, int, int, bool]) -> None:
+    """Render and write every slice (and mask) of one subject; depends only on (seed, subject id).
+
+    With ``volumes``, the same slices are also stacked into a NIfTI volume (RAS+, int16, 12-bit
+    range) and a label volume (0 background, 1 CSF, 2 GM, 3 WM) under ``volumes/`` and ``labels/``.
+    """
+    out, split, subject_id, seed, size, num_slices, volumes = job
     rng = np.random.default_rng([seed, subject_id])
     subject = PhantomSubject.draw(rng)
+    images, masks = [], []
     for k in range(num_slices):
         image, mask = render_slice(subject, k, num_slices, size, rng)
         Image.fromarray(image, mode="L").save(image_dir(out, split) / image_name(subject_id, k), compress_level=1)
         Image.fromarray(mask, mode="L").save(mask_dir(out, split) / mask_name(subject_id, k), compress_level=1)
+        images.append(image)
+        masks.append(mask)
+    if volumes:
+        _write_volume(out, subject_id, np.stack(images), np.stack(masks) // 85, size)
+
+
+def _write_volume(out: Path, subject_id: int, images: np.ndarray, labels: np.ndarray, size: int) -> None:
+    """Stack slices (K, rows, cols) into RAS+ volumes (X, Y, Z): x = columns, y = rows upwards, z = K."""
+    import nibabel as nib
+
+    def to_ras(stack: np.ndarray) -> np.ndarray:
+        volume = np.ascontiguousarray(stack[:, ::-1, :].transpose(2, 1, 0))  # (K, rows, cols) -> (X, Y, Z)
+        pad = ((0, 0), (0, 0), (VOLUME_PADDING, VOLUME_PADDING))
+        return np.pad(volume, pad)
+
+    pixel_mm = 200.0 / size
+    affine = np.diag([pixel_mm, pixel_mm, 4.0, 1.0])
+    affine[:3, 3] = [-100.0, -100.0, -4.0 * (len(images) / 2 + VOLUME_PADDING)]
+    intensity = to_ras(images).astype(np.int16) * 16  # a 12-bit scanner range
+    nib.save(nib.Nifti1Image(intensity, affine), out / "volumes" / f"sub-{subject_id:03d}_T1w.nii.gz")
+    nib.save(
+        nib.Nifti1Image(to_ras(labels).astype(np.uint8), affine),
+        out / "labels" / f"sub-{subject_id:03d}_dseg.nii.gz",
+    )
 
 
 def make_phantom(
-    out: str | Path, num_subjects: int, seed: int = 0, size: int = 256, num_slices: int = 32
+    out: str | Path,
+    num_subjects: int,
+    seed: int = 0,
+    size: int = 256,
+    num_slices: int = 32,
+    *,
+    volumes: bool = False,
 ) -> dict[str, int]:
     """Write a phantom dataset in the OASIS layout under ``out``; returns images per split.
 
     Each subject's slices depend only on (seed, subject id), so the same seed gives the same files.
+    With ``volumes``, each subject is also written as NIfTI volumes ``out/volumes/sub-NNN_T1w.nii.gz``
+    and ``out/labels/sub-NNN_dseg.nii.gz`` (for ``brainvq slice-volumes``).
     """
     out = Path(out)
+    if volumes:
+        (out / "volumes").mkdir(parents=True, exist_ok=True)
+        (out / "labels").mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     jobs: list[tuple[str, int]] = []
     for split, subjects in split_subjects(num_subjects).items():
@@ -210,7 +253,7 @@ def make_phantom(
         jobs += [(split, subject_id) for subject_id in subjects]
         counts[split] = len(subjects) * num_slices
 
-    jobs_with_args = [(out, split, subject_id, seed, size, num_slices) for split, subject_id in jobs]
+    jobs_with_args = [(out, split, subject_id, seed, size, num_slices, volumes) for split, subject_id in jobs]
     workers = min(len(jobs), os.cpu_count() or 1)
     if workers > 1:  # numpy work holds the GIL: processes, not threads
         context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")

@@ -18,18 +18,31 @@ from PIL import Image
 
 from brainvq.codes import CodeMaps, check_image_size, encode_dataset
 from brainvq.config import Config
-from brainvq.data import available_splits, is_oasis_root, load_split
+from brainvq.data import SliceDataset, available_splits, check_data_root, is_oasis_root, load_split, scan_split
+from brainvq.devices import autocast_dtype, inference_precision, resolve_device
 from brainvq.errors import RunError
 from brainvq.figures import all_training_figures, image_grid, reconstruction_grid
+from brainvq.files import remove_owned
 from brainvq.metrics import evaluate_prior, evaluate_reconstructions
-from brainvq.runs import LoadedRun, RunDir, atomic_save_image, atomic_write_json, load_run
+from brainvq.runs import (
+    LoadedRun,
+    RunDir,
+    atomic_save_image,
+    atomic_write_json,
+    file_hash,
+    load_checkpoint,
+    load_run,
+    stage_checkpoint,
+)
 from brainvq.sample import sample
-from brainvq.train import autocast_dtype, resolve_accelerator, train_prior, train_vqvae
+from brainvq.train import launch_rank, train_prior, train_vqvae
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    return torch.device(resolve_accelerator(device))
+def _open_split(data_root: str | Path, split: str, *, masks: bool = False) -> SliceDataset:
+    """A split that streams from disk (one batch of images in memory at a time), with masks when asked
+    for and present."""
+    with_masks = masks and scan_split(data_root, split).has_masks
+    return load_split(data_root, split, in_memory=False, with_masks=with_masks)
 
 
 def encode_run(
@@ -39,13 +52,15 @@ def encode_run(
     *,
     batch_size: int = 64,
     device: str = "auto",
+    precision: str | None = None,
 ) -> dict[str, Any]:
-    """Encode ``splits`` of ``data_root`` with the run's VQ-VAE into ``RUN/codes/{split}.pt``."""
-    device_ = resolve_device(device)
-    loaded = load_run(run_root, device_)
+    """Encode ``splits`` of ``data_root`` with the run's VQ-VAE into ``RUN/codes/{split}.pt``; each file
+    records the hash of the VQ-VAE checkpoint that made it."""
+    loaded = load_run(run_root, device)
+    precision = inference_precision(loaded.device, precision)
     result: dict[str, Any] = {}
     for split in splits:
-        dataset = load_split(data_root, split)
+        dataset = _open_split(data_root, split)
         check_image_size(loaded.vqvae, dataset.image_size, loaded.image_size)
         started = time.perf_counter()
         codes = encode_dataset(
@@ -53,8 +68,9 @@ def encode_run(
             dataset,
             split,
             batch_size=batch_size,
-            device=device_,
-            autocast_dtype=autocast_dtype(loaded.config.fabric.precision),
+            device=loaded.device,
+            autocast_dtype=autocast_dtype(precision),
+            vqvae_hash=loaded.vqvae_hash,
         )
         codes.save(loaded.root.code_file(split))
         result[split] = {
@@ -62,6 +78,8 @@ def encode_run(
             "shape": list(codes.indices.shape[1:]),
             "path": str(loaded.root.code_file(split)),
             "seconds": time.perf_counter() - started,
+            "precision": precision,
+            "vqvae_hash": loaded.vqvae_hash,
         }
     return result
 
@@ -76,45 +94,53 @@ def evaluate_run(
     precision: str | None = None,
 ) -> dict[str, Any]:
     """Reconstruction metrics (and prior metrics when a prior exists) on one split; writes
-    ``RUN/metrics/evaluate_{split}.json`` and ``RUN/figures/reconstructions_{split}.png``."""
-    device_ = resolve_device(device)
-    loaded = load_run(run_root, device_)
-    precision = precision or loaded.config.fabric.precision
-    dataset = load_split(data_root, split)
+    ``RUN/metrics/evaluate_{split}.json`` and ``RUN/figures/reconstructions_{split}.png``.
+
+    Streams the split in batches; the prior is scored on the code maps of this same pass. Runs at
+    the precision that fits the device it runs on (``precision`` overrides), stated in the result.
+    """
+    loaded = load_run(run_root, device)
+    precision = inference_precision(loaded.device, precision)
+    dataset = _open_split(data_root, split, masks=True)
     check_image_size(loaded.vqvae, dataset.image_size, loaded.image_size)
     started = time.perf_counter()
     dtype = autocast_dtype(precision)
-    summary = evaluate_reconstructions(loaded.vqvae, dataset, batch_size, dtype)
+    summary = evaluate_reconstructions(
+        loaded.vqvae, dataset, batch_size, dtype, keep_codes=loaded.prior is not None
+    )
     result: dict[str, Any] = {"split": split, "images": summary["images"]}
-    for key in ("ssim", "ssim_seed", "psnr", "ms_ssim", "codes_used", "perplexity"):
+    for key in (
+        "ssim", "ssim_seed", "psnr", "ms_ssim", "brain_ssim", "brain_psnr", "brain_images", "brain_region",
+        "codes_used", "perplexity",
+    ):  # fmt: skip
         result[key] = summary.get(key)
     result["ssim_seed_note"] = "tf.image.ssim(max_val=3) on [0,1] images, as in the seed report; not standard SSIM"
+    result["psnr_note"] = "mean per-image PSNR, MSE floored at 8-bit quantisation noise (at most 58.9 dB)"
     if loaded.prior is not None:
-        codes = _codes_for(loaded, dataset, split, device_)
+        codes = CodeMaps(
+            summary["codes"], dataset.subjects(), dataset.slice_indices(), split,
+            loaded.config.model.num_embeddings, dataset.image_size, loaded.vqvae_hash,
+        )  # fmt: skip
         prior_metrics = evaluate_prior(
             loaded.prior, codes, batch_size, loaded.config.prior.condition_on_slice, dtype
         )
         result.update(prior_metrics)
+    elif loaded.prior_problem:
+        result["prior_problem"] = loaded.prior_problem
     result["per_subject_ssim"] = summary.get("per_subject_ssim")
-    result["precision"], result["device"] = precision, str(device_)
+    result["precision"], result["device"] = precision, str(loaded.device)
+    result["vqvae_hash"], result["prior_hash"] = loaded.vqvae_hash, loaded.prior_hash
     result["seconds"] = time.perf_counter() - started
-    atomic_write_json(loaded.root.metrics / f"evaluate_{split}.json", result)
-    _reconstruction_figure(loaded, dataset, split, device_)
-    all_training_figures(loaded.root)
+    if is_rank_zero():
+        atomic_write_json(loaded.root.metrics / f"evaluate_{split}.json", result)
+        _reconstruction_figure(loaded, dataset, split, loaded.device)
+        all_training_figures(loaded.root)
     return result
 
 
-def _codes_for(loaded: LoadedRun, dataset: Any, split: str, device: torch.device) -> CodeMaps:
-    path = loaded.root.code_file(split)
-    if path.is_file():
-        codes = CodeMaps.load(path)
-        if len(codes) == len(dataset):
-            return codes
-    codes = encode_dataset(
-        loaded.vqvae, dataset, split, device=device, autocast_dtype=autocast_dtype(loaded.config.fabric.precision)
-    )
-    codes.save(path)
-    return codes
+def is_rank_zero() -> bool:
+    """True unless this is a non-zero rank of a distributed launch (torchrun/SLURM)."""
+    return launch_rank() == 0
 
 
 @torch.no_grad()
@@ -145,9 +171,11 @@ def sample_run(
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Generate ``n`` slices; write them as PNGs plus ``grid.png`` under ``out`` (default RUN/samples)."""
+    """Generate ``n`` slices; write them as PNGs plus ``grid.png`` and ``samples.json`` (with the
+    hashes of the checkpoints that made them) under ``out`` (default RUN/samples)."""
     device_ = resolve_device(device)
     loaded = load_run(run_root, device_)
+    loaded.require_prior()
     result = sample(
         loaded,
         n,
@@ -187,22 +215,63 @@ def sample_run(
         "code_shape": list(loaded.code_shape),
         "grid": str(grid),
         "images": paths,
+        "vqvae_hash": loaded.vqvae_hash,
+        "prior_hash": loaded.prior_hash,
     }
+    atomic_write_json(out_dir / "samples.json", summary)
     atomic_write_json(loaded.root.metrics / "sampling.json", summary)
     return summary
 
 
 # ----------------------------------------------------------------------------- the whole pipeline
+STAGE_ORDER = ("train-vqvae", "encode", "train-prior")  # then evaluate-*, sample, figures, report
+
+
+def _checkpoint_hashes(run: RunDir) -> dict[str, str | None]:
+    return {
+        stage: file_hash(stage_checkpoint(run, stage)) if run.has_stage(stage) else None
+        for stage in ("vqvae", "prior")
+    }
+
+
 def _completed(run: RunDir) -> list[str]:
+    """Finished stages whose results still belong to the run's current checkpoints.
+
+    ``pipeline.json`` records the hashes of the VQ-VAE and prior checkpoints at each mark; when a
+    checkpoint changed since (retrained, resumed, replaced), every later stage counts as not done.
+    """
     path = run.root / "pipeline.json"
-    return list(json.loads(path.read_text()).get("completed", [])) if path.is_file() else []
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    done, recorded, current = list(record.get("completed", [])), record.get("hashes", {}), _checkpoint_hashes(run)
+    if "train-vqvae" in done and (current["vqvae"] is None or recorded.get("vqvae") != current["vqvae"]):
+        return ["train-vqvae"] if current["vqvae"] is not None else []
+    if "train-prior" in done and (current["prior"] is None or recorded.get("prior") != current["prior"]):
+        return [s for s in done if s in ("train-vqvae", "encode")]
+    return done
 
 
 def _mark(run: RunDir, stage: str) -> None:
     done = _completed(run)
     if stage not in done:
         done.append(stage)
-    atomic_write_json(run.root / "pipeline.json", {"completed": done})
+    atomic_write_json(run.root / "pipeline.json", {"completed": done, "hashes": _checkpoint_hashes(run)})
+
+
+def _prior_is_current(run: RunDir) -> bool:
+    if not run.has_stage("prior") or not run.has_stage("vqvae"):
+        return False
+    made_by = load_checkpoint(run.checkpoint("prior", "last")).get("vqvae_hash")
+    return bool(made_by == file_hash(stage_checkpoint(run, "vqvae")))
+
+
+def _barrier() -> None:
+    """Wait for every rank when running as a distributed group (after Fabric set it up)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def run_pipeline(
@@ -219,18 +288,22 @@ def run_pipeline(
     run = RunDir(run_root)
     if config.data.root is None:
         raise RunError("pipeline needs --data")
-    if force and run.root.exists():
-        import shutil
-
-        shutil.rmtree(run.root)
-    run.root.mkdir(parents=True, exist_ok=True)
+    check_data_root(config.data.root)
+    if force and run.root.exists() and is_rank_zero():
+        remove_owned(run.root, "brainvq run")
+    if is_rank_zero():
+        run.claim()
     data_root = config.data.root
     splits = available_splits(Path(data_root)) if is_oasis_root(Path(data_root)) else [config.data.train_split]
     eval_splits = [s for s in (config.data.val_split, "test") if s and s in splits]
     summary: dict[str, Any] = {"run": str(run.root)}
     started = time.perf_counter()
 
-    def stage(name: str, action: Any) -> None:
+    def stage(name: str, action: Any, every_rank: bool = False) -> None:
+        """Run one stage unless done; under a distributed launch only rank 0 runs the others' stages."""
+        _barrier()  # every rank reaches each stage together (a no-op without a process group)
+        if not every_rank and not is_rank_zero():
+            return
         if name in _completed(run):
             log(f"[pipeline] {name}: already complete, skipped")
             return
@@ -238,12 +311,27 @@ def run_pipeline(
         t0 = time.perf_counter()
         summary[name] = action()
         summary[name + "_seconds"] = time.perf_counter() - t0
-        _mark(run, name)
+        if is_rank_zero():
+            _mark(run, name)
 
-    stage("train-vqvae", lambda: train_vqvae(config, run.root, resume=run.has_stage("vqvae"), progress=progress))
+    stage(
+        "train-vqvae",
+        lambda: train_vqvae(config, run.root, resume=run.has_stage("vqvae"), progress=progress),
+        every_rank=True,
+    )
     encode_splits = [s for s in (config.data.train_split, *eval_splits) if s in splits]
     stage("encode", lambda: encode_run(run.root, data_root, encode_splits, device=device))
-    stage("train-prior", lambda: train_prior(config, run.root, resume=run.has_stage("prior"), progress=progress))
+
+    def prior_stage() -> dict[str, Any]:
+        current = _prior_is_current(run)  # a prior made for an older VQ-VAE starts over
+        stale = run.has_stage("prior") and not current
+        return train_prior(config, run.root, resume=current, force=stale, progress=progress)
+
+    stage(
+        "train-prior",
+        prior_stage,
+        every_rank=True,
+    )
     for split in eval_splits:
         stage(f"evaluate-{split}", lambda split=split: evaluate_run(run.root, data_root, split, device=device))
     stage(
@@ -260,6 +348,9 @@ def run_pipeline(
         ),
     )
     stage("figures", lambda: [str(p) for p in all_training_figures(run)])
+    _barrier()
+    if not is_rank_zero():
+        return summary
     from brainvq.report import write_report
 
     summary["report"] = str(write_report(run.root))

@@ -17,60 +17,29 @@ Every file is written to a temporary name and renamed, so nothing half-written l
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from brainvq.errors import RunError
+from brainvq.files import (  # noqa: F401 (re-exported for the stages)
+    MARKER,
+    atomic_save_figure,
+    atomic_save_image,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    file_hash,
+    is_owned,
+    mark_owned,
+)
 
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename."""
-
-    def write(tmp: Path) -> None:
-        tmp.write_text(text)
-
-    _atomic(Path(path), write)
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    """``torch.save`` to a temporary file, then rename (never a half-written checkpoint)."""
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_save_figure(path: Path, figure: Any, **kwargs: Any) -> None:
-    """Save a matplotlib figure atomically as PNG."""
-    _atomic(Path(path), lambda tmp: figure.savefig(tmp, format="png", **kwargs))
-
-
-def atomic_save_image(path: Path, image: Any) -> None:
-    """Save a PIL image atomically as PNG."""
-    _atomic(Path(path), lambda tmp: image.save(tmp, format="PNG"))
+# What a run holds besides its checkpoints: everything derived from a model, which --force removes.
+DERIVED = ("codes", "snapshots", "samples", "metrics", "figures", "report.html", "pipeline.json")
+PRIOR_DERIVED = ("samples", "metrics/sampling.json", "report.html")  # pipeline.json: stale by hash
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -142,14 +111,35 @@ class RunDir:
     def has_stage(self, stage: str) -> bool:
         return self.checkpoint(stage, "last").is_file()
 
+    def is_run(self) -> bool:
+        """True when brainvq made this folder (its marker file; or, for older runs, a checkpoint)."""
+        return is_owned(self.root) or any(self.checkpoints.glob("*.ckpt"))
+
+    def claim(self) -> None:
+        """Create the run folder, or check that an existing non-empty folder is a run; mark it."""
+        if self.root.exists() and not self.root.is_dir():
+            raise RunError(f"{self.root}: is a file, not a run directory")
+        if self.root.is_dir() and any(self.root.iterdir()) and not self.is_run():
+            raise RunError(
+                f"{self.root}: exists and is not a brainvq run (no {MARKER} marker); "
+                "choose a new or empty folder for the run"
+            )
+        mark_owned(self.root, "run")
+
     def prepare_stage(self, stage: str, *, resume: bool, force: bool) -> None:
-        """Refuse to overwrite a finished or started stage unless ``resume`` or ``force`` is given."""
+        """Refuse to overwrite a finished or started stage unless ``resume`` or ``force`` is given.
+
+        ``force`` on the VQ-VAE removes the prior and everything derived from the old model (code
+        maps, metrics, samples, figures, report, pipeline record); on the prior, what came from it.
+        Call this only after the stage's inputs were checked, so a typo never deletes a run.
+        """
         existing = self.checkpoint(stage, "last")
         if existing.exists() and not (resume or force):
             raise RunError(
                 f"{self.root}: already holds a {stage} checkpoint ({existing.name}); "
                 "pass --resume to continue it or --force to start over"
             )
+        self.claim()
         if force and not resume:
             stale = [stage, "prior"] if stage == "vqvae" else [stage]
             for name in stale:
@@ -157,9 +147,15 @@ class RunDir:
                     self.checkpoint(name, which).unlink(missing_ok=True)
                 for kind in ("csv", "tensorboard"):
                     shutil.rmtree(self.logs / kind / name, ignore_errors=True)
-            if stage == "vqvae":
-                shutil.rmtree(self.snapshots, ignore_errors=True)
-                shutil.rmtree(self.codes, ignore_errors=True)
+            for name in DERIVED if stage == "vqvae" else PRIOR_DERIVED:
+                path = self.root / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            if stage == "prior":
+                for path in self.metrics.glob("evaluate_*.json"):
+                    path.unlink()
         for folder in (self.checkpoints, self.logs, self.metrics, self.figures):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -171,8 +167,21 @@ class LoadedRun:
     root: RunDir
     config: Any  # brainvq.config.Config
     vqvae: Any  # brainvq.models.VQVAE, eval mode
-    prior: Any | None  # brainvq.models.PixelCNN | GatedPixelCNN, eval mode, or None before train-prior
+    prior: Any | None  # brainvq.models.PixelCNN | GatedPixelCNN, eval mode, or None (none yet, or stale)
     image_size: tuple[int, int]
+    vqvae_hash: str = ""  # content hash of the VQ-VAE checkpoint loaded
+    prior_hash: str | None = None
+    prior_problem: str | None = None  # why ``prior`` is None although a prior checkpoint exists
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def require_prior(self) -> Any:
+        """The prior, or a RunError saying why there is none (not trained, or made for another VQ-VAE)."""
+        if self.prior is None:
+            raise RunError(
+                self.prior_problem
+                or f"{self.root.root}: this run has no trained prior (run `brainvq train-prior`)"
+            )
+        return self.prior
 
     @property
     def code_shape(self) -> tuple[int, int]:
@@ -193,15 +202,21 @@ def _load_module(module: torch.nn.Module, path: Path, state: dict[str, Any]) -> 
         raise RunError(f"{path}: checkpoint does not match its own config ({first})") from None
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(path: str | Path, device: str | torch.device = "auto") -> LoadedRun:
     """Load a run directory: its config, VQ-VAE and (when trained) prior, rebuilt from checkpoints alone.
+
+    ``device="auto"`` puts the models on the GPU when one is visible, else the CPU. A prior trained
+    on code maps of another VQ-VAE checkpoint (the VQ-VAE was retrained or resumed since) is not
+    loaded: ``prior`` is None and ``prior_problem`` says why.
 
     >>> run = load_run("runs/demo")                       # doctest: +SKIP
     >>> result = brainvq.sample(run, 16, seed=0)          # doctest: +SKIP
     """
     from brainvq.config import config_from_dict
+    from brainvq.devices import resolve_device
     from brainvq.models import VQVAE, build_prior
 
+    device = resolve_device(device)
     run = RunDir(path)
     if not run.root.is_dir():
         raise RunError(f"{run.root}: run directory does not exist")
@@ -213,10 +228,20 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     vqvae = VQVAE(config.model)
     _load_module(vqvae, vqvae_path, state)
     image_size = tuple(state.get("image_size") or _image_size(state))
-    prior = None
+    vqvae_hash = file_hash(vqvae_path)
+    prior, prior_hash, prior_problem = None, None, None
     if run.has_stage("prior"):
         prior_path = stage_checkpoint(run, "prior")
         prior_state = load_checkpoint(prior_path)
+        made_by = prior_state.get("vqvae_hash")
+        if made_by != vqvae_hash:
+            prior_problem = (
+                f"{prior_path}: stale prior, trained on code maps of VQ-VAE checkpoint {made_by or 'unknown'}, "
+                f"but the run's VQ-VAE is now {vqvae_hash}; run `brainvq encode` and "
+                "`brainvq train-prior --force` again"
+            )
+    if run.has_stage("prior") and prior_problem is None:
+        prior_hash = file_hash(prior_path)
         prior_config = config_from_dict(prior_state["config"])
         if prior_config.model.num_embeddings != config.model.num_embeddings:
             raise RunError(
@@ -229,7 +254,9 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
         prior = prior.to(device).eval()
     if config.fabric.channels_last:
         vqvae = vqvae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return LoadedRun(run, config, vqvae.to(device).eval(), prior, image_size)
+    return LoadedRun(
+        run, config, vqvae.to(device).eval(), prior, image_size, vqvae_hash, prior_hash, prior_problem, device
+    )
 
 
 def _image_size(state: dict[str, Any]) -> tuple[int, int]:

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from brainvq.codes import slice_condition
+from brainvq.devices import resolve_device
 from brainvq.errors import RunError
 from brainvq.models.pixelcnn import Prior, State
 
@@ -214,9 +216,9 @@ def slice_conditions(num_samples: int, prior: Prior, slice_index: int | None) ->
             raise RunError("--slice needs a prior trained with prior.condition_on_slice=true")
         return None
     if slice_index is not None:
-        if not 0 <= slice_index < config.num_slices:
-            raise RunError(f"--slice must be in 0..{config.num_slices - 1}, got {slice_index}")
-        return torch.full((num_samples,), slice_index, dtype=torch.long)
+        return slice_condition(
+            torch.full((num_samples,), slice_index, dtype=torch.long), config.num_slices, "--slice"
+        )
     spread = torch.linspace(0.15 * (config.num_slices - 1), 0.85 * (config.num_slices - 1), num_samples)
     return spread.round().long()
 
@@ -231,14 +233,15 @@ def sample(
     slice_index: int | None = None,
     batch_size: int = 16,
     sampler: str = "fast",
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     progress: bool = False,
 ) -> SampleResult:
-    """Generate ``num_samples`` new slices with a loaded run (see :func:`brainvq.load_run`)."""
-    if run.prior is None:
-        raise RunError(f"{run.root.root}: this run has no trained prior (run `brainvq train-prior` first)")
-    device = torch.device(device)
-    prior, vqvae = run.prior.to(device).eval(), run.vqvae.to(device).eval()
+    """Generate ``num_samples`` new slices with a loaded run (see :func:`brainvq.load_run`).
+
+    ``device`` defaults to the device the run was loaded on (a GPU when one was visible)."""
+    prior = run.require_prior()
+    device = resolve_device(device) if device is not None else run.device
+    prior, vqvae = prior.to(device).eval(), run.vqvae.to(device).eval()
     condition = slice_conditions(num_samples, prior, slice_index)
     started = time.perf_counter()
     codes = sample_codes(

@@ -13,10 +13,14 @@ where a run stopped: same step, same batch order, same codebook, same random num
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,48 +32,29 @@ from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from tqdm import tqdm
 
-from brainvq.codes import CodeMaps
-from brainvq.config import Config, FabricConfig, TrainConfig, config_from_dict, save_config
+from brainvq.codes import CodeMaps, slice_condition
+from brainvq.config import (
+    Config,
+    FabricConfig,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    save_config,
+)
 from brainvq.data import SliceDataset, check_no_leak, load_split
+from brainvq.devices import autocast_context, autocast_dtype, resolve_accelerator, resolve_precision
 from brainvq.errors import DataError, RunError, TrainingError
-from brainvq.metrics import autocast_context, code_usage, evaluate_prior, evaluate_reconstructions, ssim_per_image
+from brainvq.metrics import code_usage, evaluate_prior, evaluate_reconstructions, ssim_per_image
 from brainvq.models.pixelcnn import build_prior
 from brainvq.models.vqvae import VQVAE
-from brainvq.runs import RunDir, atomic_torch_save, atomic_write_json, load_checkpoint
+from brainvq.runs import RunDir, atomic_torch_save, atomic_write_json, file_hash, load_checkpoint, stage_checkpoint
 
 CHECKPOINT_FORMAT = "brainvq-checkpoint-v1"
 SNAPSHOT_IMAGES = 4
 
 
-# ----------------------------------------------------------------------------- devices and precision
-def cpu_has_native_bf16() -> bool:
-    """True on x86 CPUs with avx512_bf16 or AMX (where bf16 autocast is about 3x faster than fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """Turn ``auto`` into a Fabric precision for the accelerator that will run."""
-    if precision != "auto":
-        return precision
-    if accelerator == "cuda":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    if accelerator == "cpu":
-        return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
-    return "32-true"
-
-
-def resolve_accelerator(accelerator: str) -> str:
-    if accelerator != "auto":
-        return accelerator
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
-
-
+# ----------------------------------------------------------------------------- fabric
 def make_fabric(config: FabricConfig, loggers: list[Any] | None = None) -> Fabric:
     """A Fabric for ``config`` (precision ``auto`` resolved; the resolved value is written back)."""
     accelerator = resolve_accelerator(config.accelerator)
@@ -82,15 +67,6 @@ def make_fabric(config: FabricConfig, loggers: list[Any] | None = None) -> Fabri
         precision=config.precision,  # type: ignore[arg-type]
         loggers=loggers,
     )
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a Fabric precision string (None for full precision)."""
-    if precision.startswith("bf16"):
-        return torch.bfloat16
-    if precision.startswith("16"):
-        return torch.float16
-    return None
 
 
 # ----------------------------------------------------------------------------- batches and state
@@ -176,6 +152,10 @@ class Task(ABC):
         """Save per-epoch artefacts such as reconstruction snapshots (default: nothing)."""
 
     def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def provenance(self) -> dict[str, Any]:
+        """Top-level checkpoint entries saying what this stage was trained on (default: none)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -302,8 +282,10 @@ class PriorTask(Task):
     def __init__(self, config: Config, train: TrainConfig, train_codes: CodeMaps, val_codes: CodeMaps | None):
         super().__init__(config, train)
         self.train_codes, self.val_codes = train_codes, val_codes
-        if config.prior.condition_on_slice and int(train_codes.slices.min()) < 0:
-            raise DataError("prior.condition_on_slice needs slice indices, which this data does not have")
+        if config.prior.condition_on_slice:
+            slice_condition(train_codes.slices, config.prior.num_slices, f"{train_codes.split} code maps")
+            if val_codes is not None:
+                slice_condition(val_codes.slices, config.prior.num_slices, f"{val_codes.split} code maps")
 
     def build_model(self) -> nn.Module:
         return build_prior(self.config.prior, self.config.model.num_embeddings)
@@ -314,12 +296,11 @@ class PriorTask(Task):
     def load_batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
         return self.train_codes.batch(indices)
 
+    def provenance(self) -> dict[str, Any]:
+        return {"vqvae_hash": self.train_codes.vqvae_hash}
+
     def _condition(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        return (
-            batch["slice"].clamp(0, self.config.prior.num_slices - 1)
-            if self.config.prior.condition_on_slice
-            else None
-        )
+        return batch["slice"] if self.config.prior.condition_on_slice else None  # checked in __init__
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
         logits = model(batch["codes"], self._condition(batch))
@@ -357,14 +338,24 @@ def lr_factor(schedule: str, warmup_steps: int, total_steps: int | None) -> Any:
     return factor
 
 
+STOP_REASONS = ("", "steps", "epochs", "minutes", "interrupted")
+
+
 class Engine:
-    """Runs one task to a stop condition, with checkpoints, logs, history and a progress bar."""
+    """Runs one task to a stop condition, with checkpoints, logs, history and a progress bar.
+
+    Stops happen only at step boundaries: a Ctrl-C (SIGINT) or a scheduler's SIGTERM sets a flag
+    that the loop reads before the next step, so the ``last`` checkpoint is always a state that a
+    step left complete. Every stop decision (steps, epochs, time budget, signal, non-finite loss
+    or gradients) is agreed by all DDP ranks with an all-reduce, so ranks never stop apart.
+    """
 
     def __init__(self, task: Task, fabric: Fabric, run: RunDir, *, resume: bool, progress: bool = True) -> None:
         self.task, self.fabric, self.run, self.resume = task, fabric, run, resume
         self.train = task.train_config
         self.progress = progress
         self.state = LoopState()
+        self.signalled = False
 
     def fit(self) -> LoopState:
         fabric, train = self.fabric, self.train
@@ -382,15 +373,37 @@ class Engine:
         if self.resume:
             self._restore()
         try:
-            self._loop(wrapped)
-        except KeyboardInterrupt:
-            self.state.stop_reason = "interrupted"
-            self._save("last")
-            raise
+            with self._signals_as_flag():
+                self._loop(wrapped)
         finally:
             for logger in fabric.loggers:
                 logger.finalize("success")
+        if self.state.stop_reason == "interrupted":
+            raise KeyboardInterrupt
         return self.state
+
+    @contextlib.contextmanager
+    def _signals_as_flag(self) -> Iterator[None]:
+        """SIGINT/SIGTERM set ``self.signalled``; a second SIGINT interrupts at once (without saving)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.signalled and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signalled = True
+            if self.fabric.is_global_zero:
+                tqdm.write(
+                    f"[{self.task.stage}] stopping after this step (signal {signum}); Ctrl-C again to abort"
+                )
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     def _batches(self) -> EpochBatches:
         return EpochBatches(
@@ -400,6 +413,31 @@ class Engine:
             self.fabric.global_rank,
             self.fabric.world_size,
         )
+
+    def _agree(self, code: int) -> int:
+        """The largest of every rank's ``code`` (so one rank's reason to stop stops them all)."""
+        if self.fabric.world_size == 1:
+            return code
+        value = self.fabric.all_reduce(torch.tensor(code, device=self.fabric.device), reduce_op="max")
+        return int(value.item())  # type: ignore[union-attr]
+
+    def _stop_reason(self, deadline: float) -> str:
+        train, state = self.train, self.state
+        code = 0
+        if self.signalled:
+            code = STOP_REASONS.index("interrupted")
+        elif train.max_steps is not None and state.step >= train.max_steps:
+            code = STOP_REASONS.index("steps")
+        elif train.epochs is not None and state.epoch >= train.epochs:
+            code = STOP_REASONS.index("epochs")
+        elif time.monotonic() >= deadline:
+            code = STOP_REASONS.index("minutes")
+        reason = STOP_REASONS[self._agree(code)]
+        if reason == "minutes" and train.max_minutes:  # the budget is spent, on every rank's record
+            state.elapsed_seconds = max(state.elapsed_seconds, train.max_minutes * 60)
+        limits = {"steps": f"{train.max_steps} steps", "epochs": f"{train.epochs} epochs"}
+        limits["minutes"] = f"{train.max_minutes} minutes"
+        return limits.get(reason, reason)
 
     def _loop(self, model: nn.Module) -> None:
         fabric, train, state = self.fabric, self.train, self.state
@@ -415,16 +453,17 @@ class Engine:
             dynamic_ncols=True,
         )
         running: list[float] = []
-        validated_at = -1
+        validated_at = state.step if self.resume else -1
         model.train()
-        while not state.stop_reason:
-            if train.epochs is not None and state.epoch >= train.epochs:
-                state.stop_reason = f"{train.epochs} epochs"
+        while True:
+            state.stop_reason = self._stop_reason(deadline)
+            if state.stop_reason:
                 break
             for indices in batches.epoch(state.epoch, skip=state.batch_in_epoch):
                 output = self._step(model, indices)
                 state.step += 1
                 state.batch_in_epoch += 1
+                state.elapsed_seconds = time.monotonic() - started
                 running.append(output.logs["loss"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{output.logs['loss']:.4f}", epoch=state.epoch)
@@ -432,15 +471,12 @@ class Engine:
                     state.step_log.append([state.step, sum(running) / len(running)])
                     fabric.log_dict({f"train/{k}": v for k, v in output.logs.items()}, step=state.step)
                     running.clear()
-                state.elapsed_seconds = time.monotonic() - started
-                if train.max_steps is not None and state.step >= train.max_steps:
-                    state.stop_reason = f"{train.max_steps} steps"
-                elif time.monotonic() >= deadline:
-                    state.stop_reason = f"{train.max_minutes} minutes"
-                if state.step % train.checkpoint_every_steps == 0 and not state.stop_reason:
+                if state.step % train.checkpoint_every_steps == 0:
                     self._save("last")
-                if state.stop_reason:
-                    break
+                if state.batch_in_epoch < len(batches):
+                    state.stop_reason = self._stop_reason(deadline)
+                    if state.stop_reason:
+                        break
             else:
                 state.epoch += 1
                 state.batch_in_epoch = 0
@@ -448,9 +484,11 @@ class Engine:
                     self._end_epoch()
                     validated_at = state.step
                 self._save("last")
-        if validated_at != state.step:
+                continue
+            break
+        if validated_at != state.step and state.stop_reason != "interrupted":
             self._end_epoch(partial=True)
-            self._save("last")
+        self._save("last")
         bar.close()
 
     def _step(self, model: nn.Module, indices: list[int]) -> StepOutput:
@@ -458,20 +496,38 @@ class Engine:
         if self.task.config.fabric.channels_last and "image" in batch:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         output = self.task.training_step(model, batch)
-        if not torch.isfinite(output.loss):
-            raise TrainingError(
-                f"{self.task.stage}: loss became {output.loss.item()} at step {self.state.step + 1}; stopped. "
-                f"The last good checkpoint is {self.run.checkpoint(self.task.stage, 'last')} "
-                "(try a lower train.lr, or precision=32-true)"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.fabric.backward(output.loss)
+        problem = self._agree(self._non_finite(output.loss))
+        if problem:
+            what = "the loss" if problem == 2 else "a gradient"
+            last = self.run.checkpoint(self.task.stage, "last")
+            kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint was written yet"
+            raise TrainingError(
+                f"{self.task.stage}: {what} became non-finite at step {self.state.step + 1}; stopped before "
+                f"the update. {kept} (try a lower train.lr, or precision=32-true)"
+            )
         if self.train.grad_clip:
             self.fabric.clip_gradients(model, self.optimizer, max_norm=self.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.task.on_step(output)
         return output
+
+    def _non_finite(self, loss: torch.Tensor) -> int:
+        """0 when the loss and every gradient are finite, 2 for the loss, 1 for a gradient.
+
+        Under ``16-mixed`` the gradient scaler skips steps with overflowing gradients by design,
+        so only the loss is checked there.
+        """
+        if not bool(torch.isfinite(loss.detach())):
+            return 2
+        if self.task.config.fabric.precision.startswith("16"):
+            return 0
+        grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.stack([g.float().abs().amax() for g in grads])).all()):
+            return 1
+        return 0
 
     def _end_epoch(self, partial: bool = False) -> None:
         state = self.state
@@ -506,7 +562,13 @@ class Engine:
     def _save(self, which: str) -> None:
         if not self.fabric.is_global_zero:
             return
+        for name, tensor in self.model.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise TrainingError(
+                    f"{self.task.stage}: weight {name} is not finite; refusing to save it as {which}"
+                )
         checkpoint = {
+            **self.task.provenance(),
             "format": CHECKPOINT_FORMAT,
             "stage": self.task.stage,
             "config": self.task.config.to_dict(),
@@ -547,28 +609,85 @@ def _loggers(run: RunDir, stage: str) -> list[Any]:
     ]
 
 
-def _resume_config(run: RunDir, stage: str, config: Config, resume: bool) -> Config:
-    """On resume the checkpoint's model/prior config wins (so it always rebuilds the same network)."""
-    if not resume:
-        return config
+def launch_rank() -> int:
+    """This process's rank under torchrun, SLURM or Fabric's own ``ddp`` launcher (which re-runs the
+    command with ``LOCAL_RANK``/``NODE_RANK`` set); 0 for the first process and when not launched as a group."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    local, node = os.environ.get("LOCAL_RANK", "0"), os.environ.get("NODE_RANK", "0")
+    return int(local) + int(node) * 1000 if local.isdigit() and node.isdigit() else 0
+
+
+def resumed_config(
+    run_root: str | Path, stage: str, overrides: Sequence[str] = (), config_file: str | Path | None = None
+) -> tuple[Config, list[str]]:
+    """The config a resumed stage runs with: the run's own saved config (from its ``last``
+    checkpoint: data root, batch size, schedule, budgets...), then the keys of ``config_file`` and
+    ``overrides`` that the user gave on purpose. Returns the config and one ``key: old -> new``
+    line per overridden key. Architecture keys (``model.*``, ``prior.*``) cannot change.
+    """
+    run = RunDir(run_root)
     path = run.checkpoint(stage, "last")
     if not path.is_file():
         raise RunError(f"{run.root}: nothing to resume (no {path.name})")
     saved = config_from_dict(load_checkpoint(path)["config"])
-    config.model, config.prior = saved.model, saved.prior
-    return config
+    data = saved.to_dict()
+    if config_file is not None:
+        data = _merge(data, _yaml_sections(config_file))
+    config = apply_overrides(config_from_dict(data), list(overrides))
+    before, after = _flatten(saved.to_dict()), _flatten(config.to_dict())
+    changed = [f"{key}: {before[key]!r} -> {after[key]!r}" for key in after if after[key] != before.get(key)]
+    frozen = [line for line in changed if line.startswith(("model.", "prior."))]
+    if frozen and not (stage == "vqvae" and all(line.startswith("prior.") for line in frozen)):
+        raise RunError(f"{path}: cannot change the architecture of a run on resume ({frozen[0]})")
+    return config, changed
 
 
-def train_vqvae(
-    config: Config, run_root: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True
-) -> dict[str, Any]:
-    """Train (or resume) the VQ-VAE of run ``run_root`` on ``config.data.root``; returns a summary."""
-    run = RunDir(run_root)
+def _yaml_sections(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    load_config(path)  # validates the file, with errors that name it
+    return dict(yaml.safe_load(Path(path).read_text()) or {})
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and key in merged else value
+    return merged
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _check_resume(run: RunDir, stage: str, config: Config, resume: bool) -> None:
+    """A resumed stage must rebuild the network its checkpoint holds."""
+    if not resume:
+        return
+    path = run.checkpoint(stage, "last")
+    if not path.is_file():
+        raise RunError(f"{run.root}: nothing to resume (no {path.name})")
+    saved = config_from_dict(load_checkpoint(path)["config"])
+    section = "model" if stage == "vqvae" else "prior"
+    if getattr(saved, section) != getattr(config, section):
+        raise RunError(
+            f"{path}: the {section} config differs from the checkpoint's; resume with the run's own config "
+            f"(`brainvq train-{stage} --run {run.root} --resume`)"
+        )
+
+
+def _load_training_data(config: Config) -> tuple[SliceDataset, SliceDataset | None]:
     data_root = config.data.root
     if data_root is None:
         raise DataError("no data given (--data DATA or data.root in the config)")
-    run.prepare_stage("vqvae", resume=resume, force=force)
-    config = _resume_config(run, "vqvae", config, resume)
     check_no_leak(data_root)
     train_set = load_split(
         data_root,
@@ -590,6 +709,24 @@ def train_vqvae(
                 f"{val_set.records[0].path}: validate images are {val_set.image_size}, "
                 f"train images are {train_set.image_size}"
             )
+    return train_set, val_set
+
+
+def train_vqvae(
+    config: Config, run_root: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train (or resume) the VQ-VAE of run ``run_root`` on ``config.data.root``; returns a summary.
+
+    The data is read and checked before anything in the run is touched, so ``force`` with a
+    mistyped data path fails without deleting the old run. To resume with the run's own config,
+    build ``config`` with :func:`resumed_config`.
+    """
+    run = RunDir(run_root)
+    _check_resume(run, "vqvae", config, resume)
+    train_set, val_set = _load_training_data(config)
+    fabric_config_check(config)
+    if launch_rank() == 0:
+        run.prepare_stage("vqvae", resume=resume, force=force)
     fabric = make_fabric(config.fabric, _loggers(run, "vqvae"))
     if fabric.is_global_zero:
         save_config(config, run.config)
@@ -597,26 +734,41 @@ def train_vqvae(
     return _launch(fabric, task, run, resume, progress, {"image_size": list(train_set.image_size)})
 
 
+def fabric_config_check(config: Config) -> None:
+    """Fail early (before touching a run) on an accelerator this machine does not have."""
+    resolve_accelerator(config.fabric.accelerator)
+
+
 def train_prior(
     config: Config, run_root: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Train (or resume) the prior of run ``run_root`` on its stored code maps."""
+    """Train (or resume) the prior of run ``run_root`` on its stored code maps.
+
+    The code maps must come from the run's current VQ-VAE checkpoint (their recorded hash is
+    checked); the prior's checkpoints record that hash too, so later stages can tell a stale prior.
+    """
     run = RunDir(run_root)
     if not run.has_stage("vqvae"):
         raise RunError(f"{run.root}: no trained VQ-VAE (run `brainvq train-vqvae` first)")
-    run.prepare_stage("prior", resume=resume, force=force)
-    vqvae_config = config_from_checkpoint(run.checkpoint("vqvae", "last"))
-    config.model = vqvae_config.model
-    config = _resume_config(run, "prior", config, resume)
-    train_codes = CodeMaps.load(run.code_file(config.data.train_split))
+    vqvae_path = stage_checkpoint(run, "vqvae")
+    vqvae_hash = file_hash(vqvae_path)
+    config.model = config_from_checkpoint(vqvae_path).model
+    train_path = run.code_file(config.data.train_split)
+    train_codes = CodeMaps.load(train_path).check_made_by(vqvae_hash, train_path)
     config.prior.code_height, config.prior.code_width = (int(n) for n in train_codes.indices.shape[1:])
+    _check_resume(run, "prior", config, resume)
     val_path = run.code_file(config.data.val_split) if config.data.val_split else None
-    val_codes = CodeMaps.load(val_path) if val_path is not None and val_path.is_file() else None
+    val_codes = None
+    if val_path is not None and val_path.is_file():
+        val_codes = CodeMaps.load(val_path).check_made_by(vqvae_hash, val_path)
+    fabric_config_check(config)
+    task = PriorTask(config, config.prior_train, train_codes, val_codes)
+    if launch_rank() == 0:
+        run.prepare_stage("prior", resume=resume, force=force)
     fabric = make_fabric(config.fabric, _loggers(run, "prior"))
     if fabric.is_global_zero:
         save_config(config, run.config)
-    task = PriorTask(config, config.prior_train, train_codes, val_codes)
-    return _launch(fabric, task, run, resume, progress, {})
+    return _launch(fabric, task, run, resume, progress, {"vqvae_hash": vqvae_hash})
 
 
 def config_from_checkpoint(path: Path) -> Config:

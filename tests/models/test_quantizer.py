@@ -85,3 +85,39 @@ def test_kmeans_plus_plus_spreads_centres() -> None:
     centres = kmeans_plus_plus(clusters, 3, torch.Generator().manual_seed(1))
     nearest = torch.cdist(centres, torch.tensor([[0.0, 0], [9, 9], [-9, 9]])).argmin(1)
     assert sorted(nearest.tolist()) == [0, 1, 2]
+
+
+def test_ema_with_uniform_init_keeps_unused_codes_in_place() -> None:
+    # issue 9.6: ema_cluster_size started at 0 while ema_embed_sum held the codebook, so one update
+    # divided every unused code by ~1e-5 / N and flung it far away (dead forever)
+    torch.manual_seed(0)
+    quantizer = _quantizer(kind="ema", init="uniform", num_embeddings=64)
+    before = quantizer.codebook.clone()
+    quantizer.train()(0.01 * torch.randn(4, 4, 8, 8))
+    used = torch.zeros(64, dtype=torch.bool)
+    used[quantizer.eval()(0.01 * torch.randn(4, 4, 8, 8)).indices.unique()] = True
+    moved = (quantizer.codebook - before).norm(dim=1)
+    assert moved.max() < 0.05  # nothing is flung away; before the fix unused codes moved by ~1e3
+    assert quantizer.codebook.abs().max() < 0.1
+
+
+@pytest.mark.slow
+def test_ema_uniform_init_keeps_every_code_within_reach_on_the_phantom(
+    tmp_path: object, tiny_config: object
+) -> None:
+    """On the phantom, without restarts, no code is flung out of the data's range (before the fix
+    every code unused in the first step ended up ~1e4 times farther out than any encoder output)."""
+    from pathlib import Path
+
+    from brainvq.config import apply_overrides
+    from brainvq.runs import load_checkpoint
+    from brainvq.train import train_vqvae
+
+    config = apply_overrides(
+        tiny_config,  # type: ignore[arg-type]
+        ["model.codebook_init=uniform", "model.dead_code_steps=0", "train.max_steps=10", "data.limit_images=64"],
+    )
+    train_vqvae(config, Path(str(tmp_path)) / "run", progress=False)
+    state = load_checkpoint(Path(str(tmp_path)) / "run" / "checkpoints" / "vqvae-last.ckpt")["model"]
+    norms = state["quantizer.codebook"].norm(dim=1)
+    assert bool(torch.isfinite(norms).all()) and norms.max() < 10.0

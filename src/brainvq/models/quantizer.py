@@ -104,7 +104,9 @@ class VectorQuantizer(nn.Module):
             self.codebook = nn.Parameter(codebook)
         else:
             self.register_buffer("codebook", codebook)
-        self.register_buffer("ema_cluster_size", torch.zeros(num_embeddings))
+        # Consistent EMA statistics: each code starts as the mean of one pseudo-vector (itself), so
+        # sum / size equals the codebook and an unused code keeps its place instead of being scaled up.
+        self.register_buffer("ema_cluster_size", torch.ones(num_embeddings))
         self.register_buffer("ema_embed_sum", codebook.clone())
         self.register_buffer("steps_unused", torch.zeros(num_embeddings, dtype=torch.long))
         self.register_buffer("initialized", torch.tensor(init == "uniform"))
