@@ -143,3 +143,19 @@ def test_two_ddp_processes_stop_together_on_a_time_budget(phantom_root: Path, tm
     assert summary["stop_reason"] == "0.1 minutes" and summary["steps"] > 0
     assert _step(run) == summary["steps"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["vqvae-best.ckpt", "vqvae-last.ckpt"]
+
+
+@pytest.mark.slow
+def test_pipeline_under_the_ddp_launcher_does_rank_zero_work_once(phantom_root: Path, tmp_path: Path) -> None:
+    # issue 9.13: every rank used to run prepare_stage, encode, evaluate, sample and report on the same files
+    run = tmp_path / "run"
+    sets = [*TINY, "train.max_steps=8", "prior_train.max_steps=6", "sample.batch_size=2", "fabric.devices=2",
+            "fabric.strategy=ddp", "data.limit_images=32", "data.val_limit_images=8"]  # fmt: skip
+    result = brainvq("pipeline", "--data", str(phantom_root), "--run", str(run), "--preset", "demo",
+                     "--samples", "2", "--quiet", *[a for s in sets for a in ("--set", s)], timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("report:") == 1  # rank 0 reports for both
+    completed = json.loads((run / "pipeline.json").read_text())["completed"]
+    assert completed[:3] == ["train-vqvae", "encode", "train-prior"] and completed[-1] == "report"
+    assert _step(run) == 8 and len(list((run / "samples").glob("sample_*.png"))) == 2
+    assert not list(run.rglob("*.tmp"))

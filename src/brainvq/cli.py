@@ -246,6 +246,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     summary = run_pipeline(
         config, args.run, force=args.force, progress=not args.quiet, samples=args.samples, device=args.device
     )
+    from brainvq.train import launch_rank
+
+    if launch_rank() != 0:  # under a distributed launch, rank 0 reports for all
+        return 0
     print(f"report: {summary['report']}")
     print(json.dumps(headline(args.run), indent=2))
     return 0
@@ -273,6 +277,109 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n[demo] finished in {minutes:.1f} min. Report: {summary['report']}")
     print(json.dumps(headline(out / "run"), indent=2))
     return 0
+
+
+def cmd_train_judge(args: argparse.Namespace) -> int:
+    from brainvq.judge import train_judge
+
+    if args.resume:
+        from brainvq.train import resumed_config
+
+        config, changed = resumed_config(
+            args.out, "judge", list(args.set or []) + _stop_overrides(args, "judge_train"), args.config
+        )
+        if changed:
+            print(f"[judge] resuming; overridden: {', '.join(changed)}", file=sys.stderr)
+    else:
+        from brainvq.config import apply_overrides
+
+        config = apply_overrides(_config(args), _stop_overrides(args, "judge_train"))
+    summary = train_judge(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
+    _print(summary, args.json)
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from brainvq.judge import load_judge, segment_folder
+
+    judge = load_judge(args.judge, args.device)
+    count = segment_folder(judge, args.input, args.out, batch_size=args.batch_size)
+    print(f"wrote {count} tissue masks (0/85/170/255) to {args.out} (judge {judge.hash})")
+    return 0
+
+
+def cmd_evaluate_samples(args: argparse.Namespace) -> int:
+    from brainvq.data import available_splits, is_oasis_root
+    from brainvq.judge import load_judge
+    from brainvq.pipeline import sample_run
+    from brainvq.realism import evaluate_samples, folder_set, vqvae_reconstructor
+    from brainvq.runs import RunDir, load_run
+
+    if (args.samples is None) == (args.run is None):
+        raise BrainVQError("give exactly one of --samples DIR or --run RUN (with --n N)")
+    judge = load_judge(args.judge, args.device)
+    loaded, out = None, args.out
+    if args.run is not None:
+        loaded = load_run(args.run, args.device)
+        folder = RunDir(args.run).samples / f"realism_n{args.n}_seed{args.seed}"
+        if (
+            not (folder / "samples.json").is_file()
+            or json.loads((folder / "samples.json").read_text()).get("vqvae_hash") != loaded.vqvae_hash
+        ):
+            sample_run(args.run, args.n, seed=args.seed, out=folder, device=args.device, progress=not args.json)
+        samples = folder_set(folder, f"samples ({args.run})")
+        out = out or RunDir(args.run).root
+    else:
+        samples = folder_set(args.samples, f"samples ({args.samples})")
+    train_root = args.train
+    if train_root is None and loaded is not None and loaded.config.data.root:
+        train_root = loaded.config.data.root
+    if train_root is None and is_oasis_root(args.real) and "train" in available_splits(args.real):
+        train_root = args.real
+    if train_root is None:
+        raise BrainVQError("no training data for the memorisation check: pass --train DATA")
+    figures = Path(out) / "figures" if out else None
+    result = evaluate_samples(
+        judge,
+        samples,
+        args.real,
+        args.split,
+        train_root=train_root,
+        reconstruct=vqvae_reconstructor(loaded) if loaded is not None else None,
+        cache=Path(args.judge) / "cache",
+        figures=figures,
+    )
+    if out:
+        from brainvq.files import atomic_write_json
+
+        atomic_write_json(Path(out) / "metrics" / f"realism_{args.split}.json", result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_realism(result)
+    return 0
+
+
+def _print_realism(result: dict[str, Any]) -> None:
+    keys = (
+        "n",
+        "fd_judge",
+        "kid_judge",
+        "precision",
+        "recall",
+        "tissue_error",
+        "slice_error",
+        "ms_ssim_diversity",
+        "memorised_fraction",
+    )
+    rows = {"samples": result, **result["reference"]}
+    print(f"{'set':16s}" + "".join(f"{k:>20s}" for k in keys))
+    for name, values in rows.items():
+        cells = "".join(
+            f"{values[k]:>20.4f}" if isinstance(values[k], float) else f"{values[k]!s:>20s}" for k in keys
+        )
+        print(f"{name:16s}{cells}")
+    print(f"judge {result['judge_hash']}; {result['note']}")
 
 
 # ----------------------------------------------------------------------------- parser
@@ -382,6 +489,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_sample)
+
+    p = sub.add_parser("train-judge", help="train the realism judge (tissue U-Net + slice head) on real slices")
+    p.add_argument("--data", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="the judge's folder")
+    _add_config_args(p)
+    _add_stop_args(p)
+    p.set_defaults(handler=cmd_train_judge)
+
+    p = sub.add_parser("segment", help="tissue masks (0/85/170/255) for every PNG of a folder, with a judge")
+    p.add_argument("--judge", type=Path, required=True)
+    p.add_argument("input", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=cmd_segment)
+
+    p = sub.add_parser(
+        "evaluate-samples", help="realism, coverage, anatomy, diversity and memorisation of samples"
+    )
+    p.add_argument("--judge", type=Path, required=True)
+    p.add_argument("--real", type=Path, required=True, help="data root with the held-out split")
+    p.add_argument("--split", default="validate")
+    p.add_argument("--train", type=Path, help="data root of the training split (memorisation reference)")
+    p.add_argument("--samples", type=Path, help="any folder of PNGs to score")
+    p.add_argument("--run", type=Path, help="a run: draw --n samples from it and add its reconstructions")
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="where metrics/ and figures/ go (default: the run)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_evaluate_samples)
 
     p = sub.add_parser("report", help="write RUN/report.html (self-contained) and the training figures")
     p.add_argument("--run", type=Path, required=True)

@@ -131,6 +131,20 @@ class FabricConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """The judge (``brainvq train-judge``): a U-Net that segments tissue and predicts the slice index.
+
+    ``depth`` levels of ``base_channels * 2**level`` channels; the slice head's loss is weighted by
+    ``slice_weight`` against the segmentation's cross-entropy.
+    """
+
+    base_channels: int = 16
+    depth: int = 5
+    num_slices: int = 32
+    slice_weight: float = 0.5
+
+
+@dataclass
 class SampleConfig:
     """Ancestral sampling from the prior."""
 
@@ -152,6 +166,10 @@ class Config:
     prior_train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, lr=1e-3))
     fabric: FabricConfig = field(default_factory=FabricConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    judge_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(batch_size=16, lr=1e-3, epochs=None, max_minutes=15, val_batch_size=32)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (YAML- and checkpoint-safe)."""
@@ -169,7 +187,7 @@ class Config:
             "fabric.accelerator": (self.fabric.accelerator, ACCELERATORS),
             "fabric.precision": (self.fabric.precision, PRECISIONS),
         }
-        for section in ("train", "prior_train"):
+        for section in ("train", "prior_train", "judge_train"):
             stage: TrainConfig = getattr(self, section)
             choices[f"{section}.schedule"] = (stage.schedule, ("constant", "cosine"))
             choices[f"{section}.recon_loss"] = (stage.recon_loss, ("mse", "l1", "mse+ssim"))
@@ -184,8 +202,10 @@ class Config:
             "model.num_embeddings": self.model.num_embeddings,
             "model.embedding_dim": self.model.embedding_dim,
             "model.hidden_channels": self.model.hidden_channels,
+            "judge.base_channels": self.judge.base_channels,
+            "judge.depth": self.judge.depth,
         }
-        for section in ("train", "prior_train"):
+        for section in ("train", "prior_train", "judge_train"):
             stage = getattr(self, section)
             for name in ("batch_size", "val_batch_size", "checkpoint_every_steps"):
                 positive[f"{section}.{name}"] = getattr(stage, name)

@@ -147,7 +147,8 @@ class RunDir:
                     self.checkpoint(name, which).unlink(missing_ok=True)
                 for kind in ("csv", "tensorboard"):
                     shutil.rmtree(self.logs / kind / name, ignore_errors=True)
-            for name in DERIVED if stage == "vqvae" else PRIOR_DERIVED:
+            derived = {"vqvae": DERIVED, "prior": PRIOR_DERIVED}.get(stage, ("judge.json", "cache"))
+            for name in derived:
                 path = self.root / name
                 if path.is_dir():
                     shutil.rmtree(path)

@@ -602,7 +602,7 @@ class Engine:
 
 
 # ----------------------------------------------------------------------------- entry points
-def _loggers(run: RunDir, stage: str) -> list[Any]:
+def stage_loggers(run: RunDir, stage: str) -> list[Any]:
     return [
         CSVLogger(root_dir=str(run.logs / "csv"), name=stage),
         TensorBoardLogger(root_dir=str(run.logs / "tensorboard"), name=stage),
@@ -727,11 +727,11 @@ def train_vqvae(
     fabric_config_check(config)
     if launch_rank() == 0:
         run.prepare_stage("vqvae", resume=resume, force=force)
-    fabric = make_fabric(config.fabric, _loggers(run, "vqvae"))
+    fabric = make_fabric(config.fabric, stage_loggers(run, "vqvae"))
     if fabric.is_global_zero:
         save_config(config, run.config)
     task = VQVAETask(config, config.train, train_set, val_set)
-    return _launch(fabric, task, run, resume, progress, {"image_size": list(train_set.image_size)})
+    return launch_task(fabric, task, run, resume, progress, {"image_size": list(train_set.image_size)})
 
 
 def fabric_config_check(config: Config) -> None:
@@ -765,17 +765,17 @@ def train_prior(
     task = PriorTask(config, config.prior_train, train_codes, val_codes)
     if launch_rank() == 0:
         run.prepare_stage("prior", resume=resume, force=force)
-    fabric = make_fabric(config.fabric, _loggers(run, "prior"))
+    fabric = make_fabric(config.fabric, stage_loggers(run, "prior"))
     if fabric.is_global_zero:
         save_config(config, run.config)
-    return _launch(fabric, task, run, resume, progress, {"vqvae_hash": vqvae_hash})
+    return launch_task(fabric, task, run, resume, progress, {"vqvae_hash": vqvae_hash})
 
 
 def config_from_checkpoint(path: Path) -> Config:
     return config_from_dict(load_checkpoint(path)["config"])
 
 
-def _launch(
+def launch_task(
     fabric: Fabric, task: Task, run: RunDir, resume: bool, progress: bool, info: dict[str, Any]
 ) -> dict[str, Any]:
     result = fabric.launch(_fit_worker, task, run, resume, progress)  # type: ignore[arg-type]

@@ -1,0 +1,94 @@
+"""The judge: it learns tissue and slice on the phantom, segments folders, and refuses bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from brainvq.cli import main
+from brainvq.config import load_config
+from brainvq.data import load_split
+from brainvq.judge import load_judge, score_dataset, train_judge
+from brainvq.phantom import make_phantom
+
+JUDGE_SETS = [
+    "judge.base_channels=8",
+    "judge.depth=4",
+    "judge_train.batch_size=8",
+    "judge_train.lr=0.003",
+    "judge_train.max_minutes=null",
+    "judge_train.max_steps=250",
+    "fabric.precision=32-true",
+    "fabric.accelerator=cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def judge_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """14 phantom subjects at 64x64: 10 train, 2 validate, 2 test."""
+    root = tmp_path_factory.mktemp("judge_phantom")
+    make_phantom(root, num_subjects=14, seed=11, size=64)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_judge(judge_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("judge") / "judge"
+    config = load_config(None, [f"data.root={judge_data}", *JUDGE_SETS])
+    train_judge(config, out, progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_judge_learns_tissue_and_slice_on_the_phantom(trained_judge: Path, judge_data: Path) -> None:
+    judge = load_judge(trained_judge, "cpu")
+    assert len(judge.hash) == 16 and (trained_judge / "judge.json").is_file()
+    scores = score_dataset(judge.model, load_split(judge_data, "test", with_masks=True), 32)
+    assert scores.dice is not None
+    assert scores.dice["gm"] > 0.7 and scores.dice["wm"] > 0.85, scores.dice
+    assert scores.slice_error is not None and scores.slice_error < 6.0, scores.slice_error  # chance: about 10.7
+    assert scores.features.shape == (64, judge.model.num_features)
+
+
+@pytest.mark.slow
+def test_segment_writes_mask_levels_with_the_input_names(
+    trained_judge: Path, judge_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = judge_data / "keras_png_slices_test"
+    assert main(["segment", "--judge", str(trained_judge), str(folder), str(tmp_path / "masks")]) == 0
+    names = sorted(p.name for p in folder.iterdir())
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == names
+    values = set()
+    for name in names[:10]:
+        values |= set(np.unique(np.asarray(Image.open(tmp_path / "masks" / name))).tolist())
+    assert values <= {0, 85, 170, 255} and {0, 170, 255} <= values
+
+
+@pytest.mark.slow
+def test_judge_bad_input_is_one_line(
+    trained_judge: Path, judge_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(other / f"s{i}.png")
+    assert main(["segment", "--judge", str(trained_judge), str(other), str(tmp_path / "m")]) == 2
+    assert "but the judge was trained on 64x64 images" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["evaluate-samples", "--judge", str(trained_judge), "--real", str(judge_data), "--samples"]
+    assert main([*argv, str(empty)]) == 2
+    assert "no PNG images" in capsys.readouterr().err
+    assert main([*argv, str(other)]) == 2
+    assert "but the judge was trained on 64x64 images" in capsys.readouterr().err
+    no_masks = tmp_path / "no_masks"
+    make_phantom(no_masks, 3, size=64, num_slices=4)
+    for folder in no_masks.glob("keras_png_slices_seg_*"):
+        for file in folder.iterdir():
+            file.unlink()
+        folder.rmdir()
+    assert main(["train-judge", "--data", str(no_masks), "--out", str(tmp_path / "j")]) == 2
+    assert "has no tissue masks" in capsys.readouterr().err
