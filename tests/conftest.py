@@ -54,3 +54,33 @@ def oasis_root() -> Path | None:
         if candidate and Path(candidate, "keras_png_slices_train").is_dir():
             return Path(candidate)
     return None
+
+
+JUDGE_SETS = [
+    "judge.base_channels=8",
+    "judge.depth=4",
+    "judge_train.batch_size=8",
+    "judge_train.lr=0.003",
+    "judge_train.max_minutes=null",
+    "judge_train.max_steps=250",
+    "fabric.precision=32-true",
+    "fabric.accelerator=cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def judge_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """14 phantom subjects at 64x64: 10 train, 2 validate, 2 test."""
+    root = tmp_path_factory.mktemp("judge_phantom")
+    make_phantom(root, num_subjects=14, seed=11, size=64)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_judge(judge_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("judge") / "judge"
+    from brainvq.judge import train_judge
+
+    config = load_config(None, [f"data.root={judge_data}", *JUDGE_SETS])
+    train_judge(config, out, progress=False)
+    return out

@@ -9,37 +9,9 @@ import pytest
 from PIL import Image
 
 from brainvq.cli import main
-from brainvq.config import load_config
 from brainvq.data import load_split
-from brainvq.judge import load_judge, score_dataset, train_judge
+from brainvq.judge import load_judge, score_dataset
 from brainvq.phantom import make_phantom
-
-JUDGE_SETS = [
-    "judge.base_channels=8",
-    "judge.depth=4",
-    "judge_train.batch_size=8",
-    "judge_train.lr=0.003",
-    "judge_train.max_minutes=null",
-    "judge_train.max_steps=250",
-    "fabric.precision=32-true",
-    "fabric.accelerator=cpu",
-]
-
-
-@pytest.fixture(scope="session")
-def judge_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """14 phantom subjects at 64x64: 10 train, 2 validate, 2 test."""
-    root = tmp_path_factory.mktemp("judge_phantom")
-    make_phantom(root, num_subjects=14, seed=11, size=64)
-    return root
-
-
-@pytest.fixture(scope="session")
-def trained_judge(judge_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("judge") / "judge"
-    config = load_config(None, [f"data.root={judge_data}", *JUDGE_SETS])
-    train_judge(config, out, progress=False)
-    return out
 
 
 @pytest.mark.slow

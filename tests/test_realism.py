@@ -19,8 +19,6 @@ from brainvq.realism import (
     tissue_error,
 )
 
-from .test_judge import judge_data, trained_judge  # noqa: F401 (fixtures)
-
 
 def _features(seed: int, n: int = 200, shift: float = 0.0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
@@ -42,7 +40,7 @@ def test_a_shifted_set_ranks_worse_than_a_fresh_draw() -> None:
     assert fd_shifted > 5 * fd_fresh and kid_shifted > kid_fresh
     assert precision_recall(real, shifted)[0] < precision_recall(real, fresh)[0]
     collapsed = real[:1].repeat(200, 1) + 0.01 * _features(3)  # one mode: high precision, no recall
-    precision, recall = precision_recall(real, collapsed)
+    _, recall = precision_recall(real, collapsed)
     assert recall < 0.2
 
 
@@ -62,7 +60,7 @@ def test_train_copies_are_memorised_fresh_subjects_are_not_and_blur_scores_worse
     trained_judge: Path,
     judge_data: Path,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import json
 
