@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,3 +199,41 @@ def test_python_api_follows_the_runs_device(finished_run: Path) -> None:
     assert run.device == resolve_device("auto") and next(run.vqvae.parameters()).device.type == run.device.type
     result = brainvq.sample(run, 2, seed=0, batch_size=2)  # no device given: the run's
     assert result.images.shape[0] == 2
+
+
+def test_score_anomaly_and_complete_commands(
+    finished_run: Path, phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lesions = tmp_path / "lesions"
+    assert main(["lesions", "--data", str(phantom_root), "--split", "validate", "--out", str(lesions)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "anomaly"
+    assert main(["anomaly", "--run", str(finished_run), "--data", str(lesions), "--split", "validate",
+                 "--out", str(out), "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    for method in ("prior", "residual"):
+        assert {"pixel_ap", "pixel_auroc", "best_dice", "image_auroc"} <= set(result[method])
+        assert 0 <= result[method]["pixel_ap"] <= 1
+    assert 0 < result["lesion_pixel_fraction"] < 1
+    name = "case_005_slice_16.nii.png"
+    assert (out / "prior" / name).is_file() and (out / "residual_overlays" / name).is_file()
+    assert np.load(out / "prior" / "case_005_slice_16.nii.npy").shape == (64, 64)
+    assert (finished_run / "metrics" / "anomaly_threshold.json").is_file()
+    # --images/--truth take any folder of slices with same-named lesion masks
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    for path in (lesions / "keras_png_slices_lesion_validate").iterdir():
+        shutil.copy(path, truth / path.name.replace("lesion_", "case_"))
+    assert main(["anomaly", "--run", str(finished_run), "--images", str(lesions / "keras_png_slices_validate"),
+                 "--truth", str(truth), "--out", str(tmp_path / "again"), "--json", "--no-maps"]) == 0  # fmt: skip
+    again = json.loads(capsys.readouterr().out)
+    assert again["residual"]["image_auroc"] == pytest.approx(result["residual"]["image_auroc"])  # same maps
+    assert main(["score", "--run", str(finished_run), "--data", str(phantom_root), "--split", "validate",
+                 "--out", str(tmp_path / "score"), "--json"]) == 0  # fmt: skip
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["images"] == 32 and scores["mean_bits_per_code"] > 0
+    assert (tmp_path / "score" / "overlays" / name).is_file()
+    image = phantom_root / "keras_png_slices_validate" / name
+    assert main(["complete", "--run", str(finished_run), "--image", str(image), "--keep-rows", "6", "--n", "2",
+                 "--out", str(tmp_path / "complete")]) == 0  # fmt: skip
+    assert (tmp_path / "complete" / "completions.png").stat().st_size > 1000

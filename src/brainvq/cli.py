@@ -382,6 +382,96 @@ def _print_realism(result: dict[str, Any]) -> None:
     print(f"judge {result['judge_hash']}; {result['note']}")
 
 
+def cmd_lesions(args: argparse.Namespace) -> int:
+    from brainvq.lesions import make_lesions
+
+    summary = make_lesions(
+        args.data, args.split, args.out, seed=args.seed, fraction=args.fraction, force=args.force
+    )
+    print(
+        f"wrote {summary['images']} slices of split {args.split} to {args.out}, {summary['lesioned']} with lesions"
+    )
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from brainvq.anomaly import open_inputs, prepare_out, score_images
+    from brainvq.runs import load_run
+
+    run = load_run(args.run, args.device)
+    run.require_prior()
+    inputs = open_inputs(args.data, args.split, args.images, None)
+    prepare_out(args.out, ("nll", "overlays"))
+    result = score_images(run, inputs, args.out, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items()}, indent=2))
+    else:
+        print(f"{result['images']} images, mean {result['mean_bits_per_code']:.3f} bits per code -> {args.out}")
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from brainvq.anomaly import complete
+    from brainvq.data import IMAGE_RE, load_split
+    from brainvq.figures import image_grid
+    from brainvq.runs import load_run
+
+    run = load_run(args.run, args.device)
+    image_path = Path(args.image)
+    if not image_path.is_file():
+        raise BrainVQError(f"{image_path}: image not found")
+    folder = image_path.parent
+    dataset = load_split(folder, "all", in_memory=False)
+    index = next(i for i, r in enumerate(dataset.records) if r.path.name == image_path.name)
+    image = dataset.images([index])
+    match = IMAGE_RE.match(image_path.name)
+    slice_index = args.slice if args.slice is not None else (int(match.group(2)) if match else None)
+    completions = complete(run, image, args.keep_rows, args.n, seed=args.seed,
+                           slice_index=slice_index if run.config.prior.condition_on_slice else None)  # fmt: skip
+    import torch
+
+    cut = args.keep_rows * (image.shape[-2] // run.code_shape[0])
+    shown = image.clone()
+    shown[..., cut:, :] *= 0.35  # the part the prior does not see, dimmed
+    grid = image_grid(
+        torch.cat([image, shown, completions]),
+        Path(args.out) / "completions.png",
+        titles=[
+            "original",
+            f"kept: first {args.keep_rows} code rows",
+            *[f"completion {k + 1}" for k in range(args.n)],
+        ],
+        title=f"{image_path.name}: completions (seed {args.seed})",
+    )
+    print(f"{args.n} completions -> {grid}")
+    return 0
+
+
+def cmd_anomaly(args: argparse.Namespace) -> int:
+    from brainvq.anomaly import detect, open_inputs, prepare_out
+    from brainvq.runs import load_run
+
+    run = load_run(args.run, args.device)
+    run.require_prior()
+    inputs = open_inputs(args.data, args.split, args.images, args.truth)
+    folders = ("prior", "residual", "prior_overlays", "residual_overlays", "healed") if not args.no_maps else ()
+    prepare_out(args.out, folders)
+    given = None
+    if args.dice_thresholds:
+        given = {k: float(v) for k, v in (item.split("=") for item in args.dice_thresholds.split(","))}
+    result = detect(run, inputs, args.out, quantile=args.quantile, seed=args.seed, batch_size=args.batch_size,
+                    maps=not args.no_maps, dice_threshold=given)  # fmt: skip
+    shown = {k: v for k, v in result.items() if k != "per_image"}
+    if args.json:
+        print(json.dumps(shown, indent=2))
+    else:
+        for method in ("prior", "residual"):
+            if method in result:
+                print(f"{method:9s} " + "  ".join(f"{k} {v:.4f}" for k, v in result[method].items()))
+        print(f"{result['images']} images; {result['redrawn_fraction']:.2%} of codes redrawn -> {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML config file (sections data/model/prior/train/...)")
@@ -520,6 +610,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_evaluate_samples)
+
+    p = sub.add_parser("lesions", help="a copy of a split with synthetic lesions and their masks (ground truth)")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--split", default="validate")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fraction", type=float, default=0.5, help="fraction of slices that get lesions")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(handler=cmd_lesions)
+
+    for name, help_text in (
+        ("score", "per-code NLL maps (bits) from the prior, per-image totals, overlays"),
+        ("anomaly", "anomaly maps: prior resampling of unlikely codes vs the reconstruction residual"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--run", type=Path, required=True)
+        p.add_argument("--data", type=Path)
+        p.add_argument("--split")
+        p.add_argument("--images", type=Path, help="any folder of slices instead of --data/--split")
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--device", default="auto")
+        p.add_argument("--json", action="store_true")
+        if name == "anomaly":
+            p.add_argument("--truth", type=Path, help="folder of lesion masks with the images' file names")
+            p.add_argument("--quantile", type=float, default=0.02, help="redraw codes below this quantile of p")
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--no-maps", action="store_true", help="scores only, no map files")
+            p.add_argument("--dice-thresholds", help="prior=T,residual=T: also report Dice at these thresholds")
+        p.set_defaults(handler=cmd_score if name == "score" else cmd_anomaly)
+
+    p = sub.add_parser("complete", help="keep the first code rows of a slice and let the prior complete it")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--keep-rows", type=int, required=True)
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slice", type=int, help="slice index (default: from an OASIS file name)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=cmd_complete)
 
     p = sub.add_parser("report", help="write RUN/report.html (self-contained) and the training figures")
     p.add_argument("--run", type=Path, required=True)

@@ -175,35 +175,67 @@ def sample_codes(
     sample when the prior is conditioned. Same prior, seed, temperature, batch size and device
     give the same maps, with either sampler.
     """
+    codes = torch.zeros(num_samples, *shape, dtype=torch.long)
+    everywhere = torch.ones(num_samples, *shape, dtype=torch.bool)
+    return resample_codes(
+        prior, codes, everywhere, generator=generator, temperature=temperature, condition=condition,
+        sampler=sampler, batch_size=batch_size, device=device, progress=progress,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def resample_codes(
+    prior: Prior,
+    codes: torch.Tensor,
+    resample: torch.Tensor,
+    *,
+    generator: torch.Generator | int = 0,
+    temperature: float = 1.0,
+    condition: torch.Tensor | None = None,
+    sampler: str = "fast",
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> torch.Tensor:
+    """Ancestral sampling of the positions where ``resample`` (N, h, w) is True, in raster order,
+    given every other code of ``codes`` (N, h, w); the rest are kept exactly. Returns new codes.
+
+    Completion (keep the first rows) and anomaly "healing" (redraw unlikely codes) are this with
+    different masks; plain sampling is this with every position. Positions that no map of a batch
+    resamples are skipped by both samplers alike, so fast and naive still draw the same codes.
+    """
     if sampler not in ("fast", "naive"):
         raise ValueError(f"sampler must be 'fast' or 'naive', got {sampler!r}")
     if isinstance(generator, int):
         generator = torch.Generator().manual_seed(generator)
     device = torch.device(device)
     prior.eval()
-    height, width = shape
+    num_maps, height, width = codes.shape
     out = []
     bar = tqdm(
-        total=num_samples * height * width,
+        total=int(resample.sum()),
         desc=f"sampling ({sampler})",
         disable=not progress,
         unit="code",
         unit_scale=True,
         mininterval=1.0,
     )
-    for start in range(0, num_samples, batch_size):
-        count = min(batch_size, num_samples - start)
-        codes = torch.zeros(count, height, width, dtype=torch.long, device=device)
-        cond = condition[start : start + count].to(device) if condition is not None else None
-        cache = RowCache(prior, codes, cond) if sampler == "fast" else None
+    for start in range(0, num_maps, batch_size):
+        batch = codes[start : start + batch_size].to(device=device, dtype=torch.long).clone()
+        redraw = resample[start : start + batch_size].to(device)
+        cond = condition[start : start + batch_size].to(device) if condition is not None else None
+        cache = RowCache(prior, batch, cond) if sampler == "fast" else None
         for i in range(height):
             for j in range(width):
-                logits = cache.logits(i, j) if cache is not None else prior(codes, cond)[:, :, i, j]
-                codes[:, i, j] = draw(logits, temperature, generator)
+                if not bool(redraw[:, i, j].any()):
+                    continue
+                logits = cache.logits(i, j) if cache is not None else prior(batch, cond)[:, :, i, j]
+                drawn = draw(logits, temperature, generator)
+                batch[:, i, j] = torch.where(redraw[:, i, j], drawn, batch[:, i, j])
+                bar.update(int(redraw[:, i, j].sum()))
             if cache is not None:
                 cache.finish_row(i)
-            bar.update(count * width)
-        out.append(codes.cpu())
+        out.append(batch.cpu())
     bar.close()
     return torch.cat(out)
 

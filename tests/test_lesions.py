@@ -1,0 +1,50 @@
+"""Synthetic lesions: inside the brain, deterministic, and their masks are the changed pixels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from brainvq.cli import main
+from brainvq.data import check_data, image_dir, mask_dir
+from brainvq.lesions import lesion_dir
+
+
+def _load(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.iterdir())}
+
+
+def test_lesions_are_in_the_brain_deterministic_and_masked_exactly(
+    phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("a", "b"):
+        assert main(["lesions", "--data", str(phantom_root), "--split", "validate", "--out", str(tmp_path / name),
+                     "--seed", "4"]) == 0  # fmt: skip
+    assert main(["lesions", "--data", str(phantom_root), "--split", "validate", "--out", str(tmp_path / "c"),
+                 "--seed", "5"]) == 0  # fmt: skip
+    a, b, c = (_load(image_dir(tmp_path / n, "validate")) for n in "abc")
+    assert all(np.array_equal(a[k], b[k]) for k in a) and any(not np.array_equal(a[k], c[k]) for k in a)
+    original = _load(image_dir(phantom_root, "validate"))
+    tissue = _load(mask_dir(phantom_root, "validate"))
+    truth = _load(lesion_dir(tmp_path / "a", "validate"))
+    lesioned = 0
+    for name, image in a.items():
+        mask = truth[name.replace("case_", "lesion_")] > 0
+        changed = image != original[name]
+        assert np.array_equal(mask, changed)  # the truth is exactly the changed pixels
+        brain = tissue[name.replace("case_", "seg_")] > 0
+        assert not (mask & ~brain).any()  # never in the background
+        lesioned += int(mask.any())
+    record = json.loads((tmp_path / "a" / "lesions.json").read_text())
+    assert lesioned == record["lesioned"] > 5
+    radii = [blob["radius"] for blobs in record["blobs"].values() for blob in blobs]
+    assert min(radii) >= 3 and max(radii) <= 20
+    kinds = {blob["kind"] for blobs in record["blobs"].values() for blob in blobs}
+    assert kinds == {"hyper", "hypo"}
+    assert check_data(tmp_path / "a")["problems"] == []
+    assert main(["lesions", "--data", str(phantom_root), "--split", "validate", "--out", str(tmp_path / "a")]) == 2
+    assert "--force" in capsys.readouterr().err
