@@ -106,6 +106,13 @@ def test_evaluation_json(finished_run: Path, phantom_root: Path, capsys: pytest.
     assert 0 < result["ssim"] < result["ssim_seed"] <= 1 and result["codes_used"] > 1
     assert 0 <= result["prior_accuracy"] <= 1 and result["prior_nll_bits"] > 0
     assert json.loads((finished_run / "metrics" / "evaluate_test.json").read_text())["ssim"] == result["ssim"]
+    # issue 9.8/9.10: brain-masked metrics beside the whole image; the precision is the device's, stated
+    from brainvq.devices import inference_precision
+
+    assert result["brain_region"] == "masks (label > 0)" and result["brain_images"] > 0
+    assert 0 < result["brain_ssim"] <= 1 and 0 < result["brain_psnr"] < 59
+    assert result["precision"] == inference_precision(torch.device("cpu"))  # the run trained at 32-true
+    assert "Infinity" not in (finished_run / "metrics" / "evaluate_test.json").read_text()
 
 
 def test_sample_command(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

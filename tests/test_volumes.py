@@ -210,3 +210,24 @@ def test_volumes_to_a_trained_vqvae_through_the_cli(tmp_path: Path, capsys: pyte
     argv = ["train-vqvae", "--data", str(data), "--run", str(tmp_path / "run"), "--max-steps", "6", "--quiet"]
     assert main(argv + [arg for item in TINY for arg in ("--set", item)]) == 0
     assert (tmp_path / "run" / "checkpoints" / "vqvae-last.ckpt").is_file()
+
+
+def test_subjects_from_a_csv_and_a_voxel_range(phantom_volumes: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "named"
+    folder.mkdir()
+    data, affine = _one_volume(phantom_volumes)
+    _save(folder, "anatomy_a.nii.gz", data, affine)
+    _save(folder, "anatomy_b.nii.gz", data, affine)
+    table = tmp_path / "subjects.csv"
+    table.write_text("file,subject\nanatomy_a.nii.gz,17\nanatomy_b.nii.gz,23\n")
+    options = SliceOptions(num_slices=None, slice_range=(10, 20), size=32)
+    summary = slice_volumes(
+        folder, tmp_path / "out", options, subjects_csv=table, fractions=(1.0, 0.0, 0.0), progress=False
+    )
+    assert summary.images == 20
+    rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
+    assert {r["subject"] for r in rows} == {"17", "23"}
+    assert [int(r["voxel_index"]) for r in rows if r["subject"] == "17"] == list(range(10, 20))
+    with pytest.raises(DataError, match="outside the volume"):
+        slice_volumes(folder, tmp_path / "out2", SliceOptions(num_slices=None, slice_range=(10, 999)),
+                      subjects_csv=table, fractions=(1.0, 0.0, 0.0), progress=False)  # fmt: skip

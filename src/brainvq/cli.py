@@ -288,6 +288,9 @@ def cmd_train_judge(args: argparse.Namespace) -> int:
         config, changed = resumed_config(
             args.out, "judge", list(args.set or []) + _stop_overrides(args, "judge_train"), args.config
         )
+        if args.data is not None and str(args.data) != config.data.root:
+            changed.append(f"data.root: {config.data.root!r} -> {str(args.data)!r}")
+            config.data.root = str(args.data)
         if changed:
             print(f"[judge] resuming; overridden: {', '.join(changed)}", file=sys.stderr)
     else:

@@ -25,7 +25,7 @@ from brainvq.devices import autocast_context, autocast_dtype, inference_precisio
 from brainvq.errors import DataError, RunError
 from brainvq.files import atomic_save_image, atomic_write_json, file_hash
 from brainvq.models.judge import Judge
-from brainvq.runs import RunDir, load_checkpoint, stage_checkpoint
+from brainvq.runs import RunDir, load_checkpoint, load_module_state, stage_checkpoint
 from brainvq.train import (
     StepOutput,
     Task,
@@ -244,12 +244,7 @@ def load_judge(path: str | Path, device: str | torch.device = "auto") -> LoadedJ
     state = load_checkpoint(checkpoint_path)
     config = config_from_dict(state["config"])
     model = Judge(config.judge)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise RunError(
-            f"{checkpoint_path}: checkpoint does not match its config ({str(error).splitlines()[0]})"
-        ) from None
+    load_module_state(model, checkpoint_path, state)
     device = resolve_device(device)
     size = tuple(state.get("task", {}).get("image_size") or ())
     if not size:

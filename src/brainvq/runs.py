@@ -195,7 +195,8 @@ def stage_checkpoint(run: RunDir, stage: str) -> Path:
     return best if best.is_file() else run.checkpoint(stage, "last")
 
 
-def _load_module(module: torch.nn.Module, path: Path, state: dict[str, Any]) -> None:
+def load_module_state(module: torch.nn.Module, path: Path, state: dict[str, Any]) -> None:
+    """Load a checkpoint's weights into ``module``; a mismatch is a one-line RunError naming the file."""
     try:
         module.load_state_dict(state["model"])
     except RuntimeError as error:
@@ -227,7 +228,7 @@ def load_run(path: str | Path, device: str | torch.device = "auto") -> LoadedRun
     state = load_checkpoint(vqvae_path)
     config = config_from_dict(state["config"])
     vqvae = VQVAE(config.model)
-    _load_module(vqvae, vqvae_path, state)
+    load_module_state(vqvae, vqvae_path, state)
     image_size = tuple(state.get("image_size") or _image_size(state))
     vqvae_hash = file_hash(vqvae_path)
     prior, prior_hash, prior_problem = None, None, None
@@ -250,7 +251,7 @@ def load_run(path: str | Path, device: str | torch.device = "auto") -> LoadedRun
                 f"{config.model.num_embeddings}"
             )
         prior = build_prior(prior_config.prior, config.model.num_embeddings)
-        _load_module(prior, prior_path, prior_state)
+        load_module_state(prior, prior_path, prior_state)
         config.prior, config.prior_train = prior_config.prior, prior_config.prior_train
         prior = prior.to(device).eval()
     if config.fabric.channels_last:
