@@ -165,7 +165,13 @@ def test_report_renders_in_chromium_with_every_image(finished_run: Path, tmp_pat
     report = finished_run / "report.html"
     page = report.read_text()
     assert "<img" in page and "http://" not in page and "https://" not in page  # self-contained
-    for heading in ("Metrics", "Generated slices", "Training and reconstructions", "Configuration"):
+    for heading in (
+        "Metrics",
+        "Generated slices",
+        "How real are the samples",
+        "Training and reconstructions",
+        "Configuration",
+    ):
         assert heading in page
     chromium = _chromium()
     if chromium is None:

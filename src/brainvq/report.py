@@ -19,6 +19,8 @@ METRIC_ROWS = [
     ("ssim_seed", "ssim_seed (tf.image.ssim max_val=3, seed's definition)", "{:.4f}"),
     ("psnr", "PSNR (dB)", "{:.2f}"),
     ("ms_ssim", "MS-SSIM", "{:.4f}"),
+    ("brain_ssim", "SSIM inside the brain", "{:.4f}"),
+    ("brain_psnr", "PSNR inside the brain (dB)", "{:.2f}"),
     ("codes_used", "codes used", "{:d}"),
     ("perplexity", "code perplexity", "{:.1f}"),
     ("prior_accuracy", "prior accuracy", "{:.4f}"),
@@ -33,6 +35,12 @@ FIGURES = [
     ("reconstructions_across_epochs.png", "Reconstructions across epochs"),
     ("prior_curves.png", "Prior NLL and accuracy"),
 ]
+
+REALISM_KEYS = [
+    ("n", "{:d}"), ("fd_judge", "{:.3f}"), ("kid_judge", "{:.4f}"), ("precision", "{:.3f}"), ("recall", "{:.3f}"),
+    ("tissue_error", "{:.4f}"), ("slice_error", "{:.2f}"), ("ms_ssim_diversity", "{:.3f}"),
+    ("memorised_fraction", "{:.3f}"),
+]  # fmt: skip
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -72,10 +80,51 @@ def _metrics_table(run: RunDir) -> str:
         for key, label, pattern in METRIC_ROWS
     )
     note = (
-        '<p class="sub">– : not computed (MS-SSIM needs images over 160 pixels a side; prior '
-        "metrics need a trained prior).</p>"
+        '<p class="sub">– : not computed (MS-SSIM needs images of 176 pixels a side or more; prior '
+        "metrics need a trained prior). PSNR floors the MSE at 8-bit quantisation noise (at most 58.9 dB).</p>"
     )
+    current = _current_hash(run)
+    stale = [s for s, m in splits.items() if current and m.get("vqvae_hash") not in (None, current)]
+    if stale:
+        note += (
+            f'<p class="sub"><b>Stale:</b> the metrics of {", ".join(stale)} were computed with another VQ-VAE '
+            "checkpoint than the run's current one; run <code>brainvq evaluate</code> again.</p>"
+        )
     return f"<table><tr><th>metric</th>{head}</tr>{rows}</table>{note}"
+
+
+def _current_hash(run: RunDir) -> str | None:
+    from brainvq.runs import file_hash, stage_checkpoint
+
+    return file_hash(stage_checkpoint(run, "vqvae")) if run.has_stage("vqvae") else None
+
+
+def _realism(run: RunDir) -> str:
+    parts = []
+    for path in sorted(run.metrics.glob("realism_*.json")):
+        data = json.loads(path.read_text())
+        sets = {"samples": data, **data.get("reference", {})}
+        head = "".join(f"<th>{html.escape(k)}</th>" for k, _ in REALISM_KEYS)
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td>"
+            + "".join(f"<td>{_format(values.get(k), pattern)}</td>" for k, pattern in REALISM_KEYS)
+            + "</tr>"
+            for name, values in sets.items()
+        )
+        parts.append(
+            f"<p>Against the real <code>{html.escape(data['split'])}</code> slices of "
+            f"<code>{html.escape(data['real'])}</code>, judge <code>{data['judge_hash']}</code>. "
+            f"{html.escape(data['note'])}.</p><table><tr><th>set</th>{head}</tr>{rows}</table>"
+        )
+    for name, caption in (
+        ("tissue_fractions.png", "Tissue fractions against slice index, real and generated"),
+        ("memorisation_pairs.png", "The samples closest to a training slice"),
+    ):
+        if (run.figures / name).is_file():
+            parts.append(
+                f'<figure><img src="{_embed(run.figures / name)}" alt="{caption}"><figcaption>{caption}</figcaption></figure>'
+            )
+    return "".join(parts) or "<p>Not measured yet (run <code>brainvq evaluate-samples --run RUN</code>).</p>"
 
 
 def _sampling(run: RunDir) -> str:
@@ -116,6 +165,7 @@ def write_report(run_root: str | Path) -> Path:
 data <code>{html.escape(str(data_root))}</code></p>
 <h2>Metrics</h2>{_metrics_table(run)}
 <h2>Generated slices</h2>{_sampling(run)}
+<h2>How real are the samples</h2>{_realism(run)}
 <h2>Training and reconstructions</h2>{figures or "<p>No figures yet.</p>"}
 <h2>Configuration</h2><pre>{html.escape(config_text)}</pre>
 <script>
