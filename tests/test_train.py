@@ -107,9 +107,11 @@ def test_epoch_batches_are_deterministic_and_sharded() -> None:
 
 def _ddp_worker(fabric: Any, config: Config, run_root: str) -> dict[str, Any]:
     train_set = load_split(config.data.root, "train", limit_images=32)
-    task = VQVAETask(config, config.train, train_set, None)
+    val_set = load_split(config.data.root, "validate", limit_images=13)  # 13: the shards differ in size
+    task = VQVAETask(config, config.train, train_set, val_set)
     engine = Engine(task, fabric, RunDir(run_root), resume=False, progress=False)
     engine.fit()
+    sharded, whole = engine._validate(), task.validate(engine.model)
     flat = torch.cat([t.detach().float().flatten() for t in engine.model.state_dict().values()])
     gathered = fabric.all_gather(flat)
     return {
@@ -117,6 +119,8 @@ def _ddp_worker(fabric: Any, config: Config, run_root: str) -> dict[str, Any]:
         "world_size": fabric.world_size,
         "steps": engine.state.step,
         "codebook_moved": float(engine.model.quantizer.codebook.abs().sum()),
+        "sharded": sharded,
+        "whole": whole,
     }
 
 
@@ -147,6 +151,13 @@ def test_two_process_ddp_keeps_ranks_identical(
     result = fabric.launch(_ddp_worker, config, str(tmp_path / "run"))
     assert result["world_size"] == 2 and result["steps"] == 6
     assert result["max_difference"] == 0.0  # parameters and codebook buffers identical on both ranks
+    # issue 9.13: validation is sharded across ranks and summed exactly
+    assert (
+        result["sharded"]["val_images"] == 13.0
+        and result["sharded"]["val_codes_used"] == result["whole"]["val_codes_used"]
+    )
+    for key in ("val_ssim", "val_psnr", "val_mse", "val_perplexity"):
+        assert result["sharded"][key] == pytest.approx(result["whole"][key], rel=1e-9, abs=1e-12), key
 
 
 def _disagreeing_worker(fabric: Any, config: Config, run_root: str, how: str) -> dict[str, Any]:

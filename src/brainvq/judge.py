@@ -132,22 +132,34 @@ class JudgeTask(Task):
         logs = {"loss": loss.item(), "segmentation_loss": segmentation.item(), "slice_loss": slice_loss.item()}
         return StepOutput(loss, logs)
 
+    def validation_size(self) -> int:
+        return len(self.val_set) if self.val_set is not None else 0
+
     @torch.no_grad()
-    def validate(self, model: nn.Module) -> dict[str, float]:
-        if self.val_set is None:
-            return {}
+    def validation_statistics(self, model: nn.Module, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Per tissue: overlap and size sums (for Dice over the whole split); slice error sum and count."""
+        assert self.val_set is not None
         was_training = model.training
-        scores = score_dataset(
-            model,  # type: ignore[arg-type]
-            self.val_set,
-            self.train_config.val_batch_size,
-            autocast_dtype(self.config.fabric.precision),
-        )
+        model.eval()
+        overlap, totals = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+        slice_error = torch.zeros(2, dtype=torch.float64)
+        autocast = autocast_dtype(self.config.fabric.precision)
+        for batch in iterate_batches(self.val_set, self.train_config.val_batch_size, indices):
+            _, labels, predicted = judge_images(model, batch["image"], autocast)  # type: ignore[arg-type]
+            for c in (1, 2, 3):
+                hit, true = labels == c, batch["mask"] == c
+                overlap[c - 1] += float((hit & true).sum())
+                totals[c - 1] += float(hit.sum() + true.sum())
+            slice_error += torch.tensor([float((predicted - batch["slice"]).abs().sum()), len(predicted)])
         model.train(was_training)
-        assert scores.dice is not None
-        result = {f"val_dice_{k}": v for k, v in scores.dice.items()}
-        if scores.slice_error is not None:
-            result["val_slice_error"] = scores.slice_error
+        return {"overlap": overlap, "totals": totals, "slice_error": slice_error}
+
+    def validation_metrics(self, statistics: dict[str, torch.Tensor]) -> dict[str, float]:
+        dice = statistics["overlap"] * 2 / statistics["totals"].clamp_min(1)
+        result = {f"val_dice_{t}": float(dice[i]) for i, t in enumerate(TISSUES)}
+        result["val_dice_mean"] = float(dice.mean())
+        total, count = statistics["slice_error"].tolist()
+        result["val_slice_error"] = total / max(count, 1)
         return result
 
     def state_dict(self) -> dict[str, Any]:

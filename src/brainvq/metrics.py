@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -166,6 +167,25 @@ class ReconstructionMeter:
         if subjects is not None:
             self.subjects += subjects.tolist()
 
+    def statistics(self) -> dict[str, torch.Tensor]:
+        """Additive statistics (sums, counts, the code histogram) of the cheap metrics, so that shards
+        of a split evaluated on several ranks can be summed and turned into exact means."""
+        stats = {name: torch.tensor([sum(self.values[name]), len(self.values[name])], dtype=torch.float64)
+                 for name in ("ssim", "psnr", "mse")}  # fmt: skip
+        counts = self.counts if self.counts is not None else torch.zeros(self.num_embeddings, dtype=torch.long)
+        stats["counts"] = counts.double().cpu()
+        return stats
+
+    @staticmethod
+    def from_statistics(stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Means, codes used and perplexity from (summed) :meth:`statistics`."""
+        result = {"images": float(stats["ssim"][1])}
+        for name in ("ssim", "psnr", "mse"):
+            total, count = stats[name].tolist()
+            result[name] = total / count if count else float("nan")
+        result["codes_used"], result["perplexity"] = code_usage(stats["counts"])
+        return result
+
     def summary(self) -> dict[str, Any]:
         """Means of every metric, codes used and perplexity, and per-subject mean SSIM."""
         result: dict[str, Any] = {"images": len(self.values["ssim"])}
@@ -200,6 +220,15 @@ class PriorMeter:
         self.correct += int((logits.argmax(1) == codes).sum())
         self.count += codes.numel()
 
+    def statistics(self) -> dict[str, torch.Tensor]:
+        """Additive statistics (NLL sum, correct, count) for sharded evaluation."""
+        return {"prior": torch.tensor([self.total_nll, self.correct, self.count], dtype=torch.float64)}
+
+    @classmethod
+    def from_statistics(cls, stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        total_nll, correct, count = stats["prior"].tolist()
+        return cls(total_nll, int(correct), int(count)).summary()
+
     def summary(self) -> dict[str, float]:
         if self.count == 0:
             return {"prior_accuracy": float("nan"), "prior_nll_bits": float("nan")}
@@ -217,6 +246,8 @@ def evaluate_reconstructions(
     autocast: torch.dtype | None = None,
     full: bool = True,
     keep_codes: bool = False,
+    indices: Sequence[int] | None = None,
+    meter: ReconstructionMeter | None = None,
 ) -> dict[str, Any]:
     """SSIM, ssim_seed, PSNR, MS-SSIM, brain-masked SSIM/PSNR, code usage and per-subject SSIM of a
     VQ-VAE on ``dataset``, batch by batch (model calls under ``autocast`` dtype when given; metrics
@@ -224,11 +255,11 @@ def evaluate_reconstructions(
     from brainvq.data import iterate_batches
 
     config: Any = model.config
-    meter = ReconstructionMeter(config.num_embeddings, full=full)
+    meter = meter if meter is not None else ReconstructionMeter(config.num_embeddings, full=full)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    for batch in iterate_batches(dataset, batch_size):
+    for batch in iterate_batches(dataset, batch_size, indices):
         images = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
         with autocast_context(device, autocast):
             output = model(images)
@@ -244,17 +275,25 @@ def evaluate_reconstructions(
 
 @torch.no_grad()
 def evaluate_prior(
-    model: nn.Module, codes: CodeMaps, batch_size: int, conditioned: bool, autocast: torch.dtype | None = None
+    model: nn.Module,
+    codes: CodeMaps,
+    batch_size: int,
+    conditioned: bool,
+    autocast: torch.dtype | None = None,
+    indices: Sequence[int] | None = None,
+    meter: PriorMeter | None = None,
 ) -> dict[str, float]:
-    """Prior accuracy and NLL in bits per code on ``codes`` (slice indices checked by ``slice_condition``)."""
+    """Prior accuracy and NLL in bits per code on ``codes`` (or the maps at ``indices``; slice
+    indices checked by ``slice_condition``). Pass a ``meter`` to keep its additive statistics."""
     from brainvq.codes import slice_condition
 
-    meter = PriorMeter()
+    meter = meter if meter is not None else PriorMeter()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    for start in range(0, len(codes), batch_size):
-        batch = codes.batch(list(range(start, min(start + batch_size, len(codes)))))
+    order = list(range(len(codes))) if indices is None else list(indices)
+    for start in range(0, len(order), batch_size):
+        batch = codes.batch(order[start : start + batch_size])
         target = batch["codes"].to(device)
         num_slices = int(model.config.num_slices)  # type: ignore[union-attr, arg-type]
         condition = slice_condition(batch["slice"], num_slices, codes.split).to(device) if conditioned else None

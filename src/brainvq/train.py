@@ -45,7 +45,14 @@ from brainvq.config import (
 from brainvq.data import SliceDataset, check_no_leak, load_split
 from brainvq.devices import autocast_context, autocast_dtype, resolve_accelerator, resolve_precision
 from brainvq.errors import DataError, RunError, TrainingError
-from brainvq.metrics import code_usage, evaluate_prior, evaluate_reconstructions, ssim_per_image
+from brainvq.metrics import (
+    PriorMeter,
+    ReconstructionMeter,
+    code_usage,
+    evaluate_prior,
+    evaluate_reconstructions,
+    ssim_per_image,
+)
 from brainvq.models.pixelcnn import build_prior
 from brainvq.models.vqvae import VQVAE
 from brainvq.runs import RunDir, atomic_torch_save, atomic_write_json, file_hash, load_checkpoint, stage_checkpoint
@@ -139,7 +146,21 @@ class Task(ABC):
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput: ...
 
     @abstractmethod
-    def validate(self, model: nn.Module) -> dict[str, float]: ...
+    def validation_size(self) -> int:
+        """How many items the validation set holds (0: no validation)."""
+
+    @abstractmethod
+    def validation_statistics(self, model: nn.Module, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Additive statistics (sums, counts) over the validation items at ``indices`` (one rank's shard)."""
+
+    @abstractmethod
+    def validation_metrics(self, statistics: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The ``val_*`` metrics from statistics summed over every shard."""
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Validation on one process (every item); the engine shards it across DDP ranks instead."""
+        size = self.validation_size()
+        return self.validation_metrics(self.validation_statistics(model, list(range(size)))) if size else {}
 
     def on_step(self, output: StepOutput) -> None:
         """Accumulate per-epoch statistics (default: nothing)."""
@@ -227,18 +248,22 @@ class VQVAETask(Task):
         self.epoch_counts.zero_()
         return {"train_codes_used": used, "train_perplexity": perplexity}
 
+    def validation_size(self) -> int:
+        return len(self.val_set) if self.val_set is not None else 0
+
     @torch.no_grad()
-    def validate(self, model: nn.Module) -> dict[str, float]:
-        if self.val_set is None:
-            return {}
-        summary = evaluate_reconstructions(
-            model,
-            self.val_set,
-            self.train_config.val_batch_size,
-            autocast_dtype(self.config.fabric.precision),
-            full=False,
-        )
-        return {f"val_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
+    def validation_statistics(self, model: nn.Module, indices: list[int]) -> dict[str, torch.Tensor]:
+        assert self.val_set is not None
+        meter = ReconstructionMeter(self.config.model.num_embeddings, full=False)
+        if indices:
+            evaluate_reconstructions(
+                model, self.val_set, self.train_config.val_batch_size, autocast_dtype(self.config.fabric.precision),
+                full=False, indices=indices, meter=meter,
+            )  # fmt: skip
+        return meter.statistics()
+
+    def validation_metrics(self, statistics: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {f"val_{k}": v for k, v in ReconstructionMeter.from_statistics(statistics).items()}
 
     @torch.no_grad()
     def on_validated(self, model: nn.Module, fabric: Fabric, run: RunDir, epoch: int) -> None:
@@ -307,18 +332,22 @@ class PriorTask(Task):
         loss = F.cross_entropy(logits.float(), batch["codes"])
         return StepOutput(loss, {"loss": loss.item(), "bits_per_code": loss.item() / math.log(2)})
 
+    def validation_size(self) -> int:
+        return len(self.val_codes) if self.val_codes is not None else 0
+
     @torch.no_grad()
-    def validate(self, model: nn.Module) -> dict[str, float]:
-        if self.val_codes is None:
-            return {}
-        summary = evaluate_prior(
-            model,
-            self.val_codes,
-            self.train_config.val_batch_size,
-            self.config.prior.condition_on_slice,
-            autocast_dtype(self.config.fabric.precision),
-        )
-        return {f"val_{k}": v for k, v in summary.items()}
+    def validation_statistics(self, model: nn.Module, indices: list[int]) -> dict[str, torch.Tensor]:
+        assert self.val_codes is not None
+        meter = PriorMeter()
+        if indices:
+            evaluate_prior(
+                model, self.val_codes, self.train_config.val_batch_size, self.config.prior.condition_on_slice,
+                autocast_dtype(self.config.fabric.precision), indices=indices, meter=meter,
+            )  # fmt: skip
+        return meter.statistics()
+
+    def validation_metrics(self, statistics: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {f"val_{k}": v for k, v in PriorMeter.from_statistics(statistics).items()}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -529,6 +558,22 @@ class Engine:
             return 1
         return 0
 
+    def _validate(self) -> dict[str, float]:
+        """Each rank validates its shard (every world_size-th item) on the unwrapped model; the additive
+        statistics are summed over ranks, so the metrics are exact and every rank holds the same."""
+        size = self.task.validation_size()
+        if size == 0:
+            return {}
+        fabric = self.fabric
+        shard = list(range(fabric.global_rank, size, fabric.world_size))
+        statistics = self.task.validation_statistics(self.model, shard)
+        if fabric.world_size > 1:
+            statistics = {
+                key: fabric.all_reduce(value.to(fabric.device), reduce_op="sum").cpu()  # type: ignore[union-attr]
+                for key, value in sorted(statistics.items())
+            }
+        return self.task.validation_metrics(statistics)
+
     def _end_epoch(self, partial: bool = False) -> None:
         state = self.state
         metrics: dict[str, float] = {
@@ -538,7 +583,7 @@ class Engine:
             "minutes": state.elapsed_seconds / 60,
         }
         metrics.update(self.task.epoch_metrics())
-        metrics.update(self.task.validate(self.model))  # the unwrapped model: no collectives
+        metrics.update(self._validate())
         state.history.append(metrics)
         self.fabric.log_dict({f"epoch/{k}": v for k, v in metrics.items()}, step=state.step)
         self.task.on_validated(self.model, self.fabric, self.run, state.epoch if not partial else state.epoch + 1)
