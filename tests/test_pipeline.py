@@ -250,3 +250,19 @@ def test_score_anomaly_and_complete_commands(
     assert main(["complete", "--run", str(finished_run), "--image", str(image), "--keep-rows", "6", "--n", "2",
                  "--out", str(tmp_path / "complete")]) == 0  # fmt: skip
     assert (tmp_path / "complete" / "completions.png").stat().st_size > 1000
+
+
+def test_evaluate_samples_with_a_run(
+    finished_run: Path, trained_judge: Path, judge_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["evaluate-samples", "--judge", str(trained_judge), "--real", str(judge_data), "--split", "validate",
+            "--run", str(finished_run), "--n", "4", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 4 and result["slice_error"] is not None  # the slices sample() asked for
+    assert set(result["reference"]) == {"real", "reconstruction"}
+    assert result["reference"]["reconstruction"]["n"] == result["reference"]["real"]["n"]
+    saved = json.loads((finished_run / "metrics" / "realism_validate.json").read_text())
+    assert saved["judge_hash"] == result["judge_hash"]
+    assert (finished_run / "figures" / "tissue_fractions.png").is_file()
+    assert (finished_run / "samples" / "realism_n4_seed0" / "grid.png").is_file()  # beside, not scored
