@@ -37,3 +37,13 @@ def test_remove_owned_only_removes_marked_or_empty_folders(tmp_path: Path) -> No
     with pytest.raises(BrainVQError, match="is a file"):
         remove_owned(tmp_path / "file")
     assert len(file_hash(foreign / "keep.txt")) == 16
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+
+    atomic_write_json(tmp_path / "m.json", {"a": 1})
+    mode = (tmp_path / "m.json").stat().st_mode & 0o777
+    current = os.umask(0)
+    os.umask(current)
+    assert mode == 0o666 & ~current  # not mkstemp's 0600
