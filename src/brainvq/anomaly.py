@@ -21,7 +21,6 @@ orderings to soften this; brainvq uses the one raster order (see the README).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from brainvq.codes import slice_condition
+from brainvq.data import iterate_batches
 from brainvq.devices import autocast_context, autocast_dtype, inference_precision
 from brainvq.errors import RunError
 from brainvq.files import atomic_write_json
@@ -221,12 +221,6 @@ def dice_at(values: torch.Tensor, truths: torch.Tensor, threshold: float) -> flo
     return float(2 * (predicted & truths).sum() / (predicted.sum() + truths.sum()).clamp_min(1))
 
 
-def batches(dataset: Any, batch_size: int) -> Iterator[dict[str, Any]]:
-    from brainvq.data import iterate_batches
-
-    yield from iterate_batches(dataset, batch_size)
-
-
 def save_threshold(run: LoadedRun, path: Path, threshold: float, quantile: float, split: str) -> None:
     atomic_write_json(
         path,
@@ -313,7 +307,7 @@ def score_images(
 ) -> dict[str, Any]:
     """``brainvq score``: NLL maps (bits per code), totals per image, overlays and JSON under ``out``."""
     per_image = []
-    for batch in batches(inputs.dataset, batch_size):
+    for batch in iterate_batches(inputs.dataset, batch_size):
         index = batch["index"].tolist()
         codes, _ = encode(run, batch["image"])
         nll = code_nll_bits(run, codes, _slices_or_none(inputs, index))
@@ -395,7 +389,7 @@ def detect(
     scores = {"prior": PixelScores.empty(), "residual": PixelScores.empty()}
     per_image = []
     redrawn_fraction = []
-    for batch in batches(inputs.dataset, batch_size):
+    for batch in iterate_batches(inputs.dataset, batch_size):
         index = batch["index"].tolist()
         result = heal(run, batch["image"], _slices_or_none(inputs, index), threshold, seed=seed + index[0])
         redrawn_fraction.append(float(result.redrawn.float().mean()))

@@ -41,9 +41,9 @@ def _stop_overrides(args: argparse.Namespace, section: str) -> list[str]:
 
 
 def _print(data: Any, as_json: bool) -> None:
-    from brainvq.train import launch_rank
+    from brainvq.devices import is_main_process
 
-    if launch_rank() != 0:  # under a distributed launch, rank 0 speaks for all
+    if not is_main_process():  # under a distributed launch, rank 0 speaks for all
         return
     if as_json:
         print(json.dumps(data, indent=2))
@@ -139,7 +139,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 1 if report["problems"] else 0
 
 
-def _stage_config(args: argparse.Namespace, stage: str, section: str) -> Any:
+def _stage_config(args: argparse.Namespace, stage: str, section: str, run: Path | None = None) -> Any:
     """The config a training command runs with.
 
     A new stage: defaults, then ``--config``, ``--set``, ``--data`` and the stop flags. A resumed
@@ -152,7 +152,7 @@ def _stage_config(args: argparse.Namespace, stage: str, section: str) -> Any:
     if not args.resume:
         return apply_overrides(_config(args), _stop_overrides(args, section))
     overrides = list(args.set or []) + _stop_overrides(args, section)
-    config, changed = resumed_config(args.run, stage, overrides, args.config)
+    config, changed = resumed_config(run or args.run, stage, overrides, args.config)
     if getattr(args, "data", None) and str(args.data) != config.data.root:
         changed.append(f"data.root: {config.data.root!r} -> {str(args.data)!r}")
         config.data.root = str(args.data)
@@ -246,9 +246,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     summary = run_pipeline(
         config, args.run, force=args.force, progress=not args.quiet, samples=args.samples, device=args.device
     )
-    from brainvq.train import launch_rank
+    from brainvq.devices import is_main_process
 
-    if launch_rank() != 0:  # under a distributed launch, rank 0 reports for all
+    if not is_main_process():  # under a distributed launch, rank 0 reports for all
         return 0
     print(f"report: {summary['report']}")
     print(json.dumps(headline(args.run), indent=2))
@@ -282,21 +282,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train_judge(args: argparse.Namespace) -> int:
     from brainvq.judge import train_judge
 
-    if args.resume:
-        from brainvq.train import resumed_config
-
-        config, changed = resumed_config(
-            args.out, "judge", list(args.set or []) + _stop_overrides(args, "judge_train"), args.config
-        )
-        if args.data is not None and str(args.data) != config.data.root:
-            changed.append(f"data.root: {config.data.root!r} -> {str(args.data)!r}")
-            config.data.root = str(args.data)
-        if changed:
-            print(f"[judge] resuming; overridden: {', '.join(changed)}", file=sys.stderr)
-    else:
-        from brainvq.config import apply_overrides
-
-        config = apply_overrides(_config(args), _stop_overrides(args, "judge_train"))
+    config = _stage_config(args, "judge", "judge_train", run=args.out)
     summary = train_judge(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
     _print(summary, args.json)
     return 0

@@ -7,6 +7,7 @@ Lightning's alias of ``cuda``). ``auto`` precision becomes bf16 autocast on GPUs
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,16 @@ def inference_precision(device: torch.device, requested: str | None = None) -> s
     else what fits that device (bf16 autocast on bf16 GPUs and CPUs, fp16 on older GPUs, else fp32),
     whatever precision the run was trained at."""
     return resolve_precision(requested or "auto", device.type)
+
+
+def is_main_process() -> bool:
+    """False only on the non-first processes of a distributed launch: torchrun and SLURM set
+    ``RANK``/``SLURM_PROCID``; Fabric's own ``ddp`` launcher re-runs the command with
+    ``LOCAL_RANK``/``NODE_RANK``. Used to keep one-process work (files, reports, printing) on rank 0."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name]) == 0
+    return os.environ.get("LOCAL_RANK", "0") in ("", "0") and os.environ.get("NODE_RANK", "0") in ("", "0")
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

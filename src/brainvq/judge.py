@@ -19,18 +19,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from brainvq.config import Config, TrainConfig, config_from_dict
+from brainvq.config import Config, config_from_dict
 from brainvq.data import SliceDataset, iterate_batches, load_split, scan_split
-from brainvq.devices import autocast_context, autocast_dtype, inference_precision, resolve_device
+from brainvq.devices import autocast_context, autocast_dtype, inference_precision, is_main_process, resolve_device
 from brainvq.errors import DataError, RunError
 from brainvq.files import atomic_save_image, atomic_write_json, file_hash
 from brainvq.models.judge import Judge
 from brainvq.runs import RunDir, load_checkpoint, load_module_state, stage_checkpoint
 from brainvq.train import (
+    SliceTask,
     StepOutput,
-    Task,
     fabric_config_check,
-    launch_rank,
     launch_task,
     make_fabric,
     stage_loggers,
@@ -66,8 +65,24 @@ def judge_images(
 
 def tissue_fractions(labels: torch.Tensor) -> torch.Tensor:
     """CSF, GM and WM fractions of each image's pixels (B, 3) from labels (B, H, W)."""
-    counts = torch.stack([(labels == c).float().mean(dim=(1, 2)) for c in (1, 2, 3)], dim=1)
-    return counts
+    return torch.stack([(labels == c).float().mean(dim=(1, 2)) for c in (1, 2, 3)], dim=1)
+
+
+def tissue_overlap(labels: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tissue (CSF, GM, WM): |predicted & true| and |predicted| + |true| (3,) each, float64,
+    additive over batches and ranks; Dice = 2 * overlap / totals over a whole split."""
+    overlap = torch.tensor([float(((labels == c) & (masks == c)).sum()) for c in (1, 2, 3)], dtype=torch.float64)
+    totals = torch.tensor(
+        [float((labels == c).sum() + (masks == c).sum()) for c in (1, 2, 3)], dtype=torch.float64
+    )
+    return overlap, totals
+
+
+def dice_per_tissue(overlap: torch.Tensor, totals: torch.Tensor) -> dict[str, float]:
+    """Dice of each tissue and their mean, from :func:`tissue_overlap` sums."""
+    dice = {t: float(2 * overlap[i] / totals[i].clamp_min(1)) for i, t in enumerate(TISSUES)}
+    dice["mean"] = sum(dice.values()) / 3
+    return dice
 
 
 @torch.no_grad()
@@ -87,38 +102,27 @@ def score_dataset(
         slices.append(slice_pred)
         truth_slices.append(batch["slice"])
         if "mask" in batch:
-            for c in (1, 2, 3):
-                predicted, true = labels == c, batch["mask"] == c
-                overlap[c - 1] += float((predicted & true).sum())
-                totals[c - 1] += float(predicted.sum() + true.sum())
+            batch_overlap, batch_totals = tissue_overlap(labels, batch["mask"])
+            overlap += batch_overlap
+            totals += batch_totals
     truth = torch.cat(truth_slices)
     predicted_slices = torch.cat(slices)
-    dice = None
-    if dataset.with_masks:
-        dice = {t: float(2 * overlap[i] / totals[i].clamp_min(1)) for i, t in enumerate(TISSUES)}
-        dice["mean"] = sum(dice.values()) / 3
+    dice = dice_per_tissue(overlap, totals) if dataset.with_masks else None
     known = truth >= 0
     slice_error = float((predicted_slices[known] - truth[known]).abs().float().mean()) if known.any() else None
     return JudgeScores(torch.cat(features), torch.cat(fractions), predicted_slices, dice, slice_error)
 
 
 # ----------------------------------------------------------------------------- training
-class JudgeTask(Task):
+class JudgeTask(SliceTask):
     """Trains the judge on the train split's images, masks and slice indices; validates Dice and slice error."""
 
     stage = "judge"
     best_metric = "val_dice_mean"
     best_mode = "max"
 
-    def __init__(self, config: Config, train: TrainConfig, train_set: SliceDataset, val_set: SliceDataset | None):
-        super().__init__(config, train)
-        self.train_set, self.val_set = train_set, val_set
-
     def build_model(self) -> nn.Module:
         return Judge(self.config.judge)
-
-    def train_size(self) -> int:
-        return len(self.train_set)
 
     def load_batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
         batch = self.train_set.__getitems__(indices)
@@ -132,9 +136,6 @@ class JudgeTask(Task):
         logs = {"loss": loss.item(), "segmentation_loss": segmentation.item(), "slice_loss": slice_loss.item()}
         return StepOutput(loss, logs)
 
-    def validation_size(self) -> int:
-        return len(self.val_set) if self.val_set is not None else 0
-
     @torch.no_grad()
     def validation_statistics(self, model: nn.Module, indices: list[int]) -> dict[str, torch.Tensor]:
         """Per tissue: overlap and size sums (for Dice over the whole split); slice error sum and count."""
@@ -146,18 +147,17 @@ class JudgeTask(Task):
         autocast = autocast_dtype(self.config.fabric.precision)
         for batch in iterate_batches(self.val_set, self.train_config.val_batch_size, indices):
             _, labels, predicted = judge_images(model, batch["image"], autocast)  # type: ignore[arg-type]
-            for c in (1, 2, 3):
-                hit, true = labels == c, batch["mask"] == c
-                overlap[c - 1] += float((hit & true).sum())
-                totals[c - 1] += float(hit.sum() + true.sum())
+            batch_overlap, batch_totals = tissue_overlap(labels, batch["mask"])
+            overlap += batch_overlap
+            totals += batch_totals
             slice_error += torch.tensor([float((predicted - batch["slice"]).abs().sum()), len(predicted)])
         model.train(was_training)
         return {"overlap": overlap, "totals": totals, "slice_error": slice_error}
 
     def validation_metrics(self, statistics: dict[str, torch.Tensor]) -> dict[str, float]:
-        dice = statistics["overlap"] * 2 / statistics["totals"].clamp_min(1)
-        result = {f"val_dice_{t}": float(dice[i]) for i, t in enumerate(TISSUES)}
-        result["val_dice_mean"] = float(dice.mean())
+        result = {
+            f"val_dice_{k}": v for k, v in dice_per_tissue(statistics["overlap"], statistics["totals"]).items()
+        }
         total, count = statistics["slice_error"].tolist()
         result["val_slice_error"] = total / max(count, 1)
         return result
@@ -199,7 +199,7 @@ def train_judge(
             f"{train_set.records[0].path}: the judge needs slice indices 0..{config.judge.num_slices - 1}"
         )
     fabric_config_check(config)
-    if launch_rank() == 0:
+    if is_main_process():
         run.prepare_stage("judge", resume=resume, force=force)
     fabric = make_fabric(config.fabric, stage_loggers(run, "judge"))
     if fabric.is_global_zero:
@@ -208,7 +208,7 @@ def train_judge(
         save_config(config, run.config)
     task = JudgeTask(config, config.judge_train, train_set, val_set)
     summary = launch_task(fabric, task, run, resume, progress, {"image_size": list(size)})
-    if launch_rank() == 0:
+    if is_main_process():
         path = stage_checkpoint(run, "judge")
         record = {
             "hash": file_hash(path),

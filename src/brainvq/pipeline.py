@@ -19,7 +19,7 @@ from PIL import Image
 from brainvq.codes import CodeMaps, check_image_size, encode_dataset
 from brainvq.config import Config
 from brainvq.data import SliceDataset, available_splits, check_data_root, is_oasis_root, load_split, scan_split
-from brainvq.devices import autocast_dtype, inference_precision, resolve_device
+from brainvq.devices import autocast_dtype, inference_precision, is_main_process, resolve_device
 from brainvq.errors import RunError
 from brainvq.figures import all_training_figures, image_grid, reconstruction_grid
 from brainvq.files import remove_owned
@@ -35,7 +35,7 @@ from brainvq.runs import (
     stage_checkpoint,
 )
 from brainvq.sample import sample
-from brainvq.train import launch_rank, train_prior, train_vqvae
+from brainvq.train import train_prior, train_vqvae
 
 
 def _open_split(data_root: str | Path, split: str, *, masks: bool = False) -> SliceDataset:
@@ -131,16 +131,11 @@ def evaluate_run(
     result["precision"], result["device"] = precision, str(loaded.device)
     result["vqvae_hash"], result["prior_hash"] = loaded.vqvae_hash, loaded.prior_hash
     result["seconds"] = time.perf_counter() - started
-    if is_rank_zero():
+    if is_main_process():
         atomic_write_json(loaded.root.metrics / f"evaluate_{split}.json", result)
         _reconstruction_figure(loaded, dataset, split, loaded.device)
         all_training_figures(loaded.root)
     return result
-
-
-def is_rank_zero() -> bool:
-    """True unless this is a non-zero rank of a distributed launch (torchrun/SLURM)."""
-    return launch_rank() == 0
 
 
 @torch.no_grad()
@@ -224,9 +219,6 @@ def sample_run(
 
 
 # ----------------------------------------------------------------------------- the whole pipeline
-STAGE_ORDER = ("train-vqvae", "encode", "train-prior")  # then evaluate-*, sample, figures, report
-
-
 def _checkpoint_hashes(run: RunDir) -> dict[str, str | None]:
     return {
         stage: file_hash(stage_checkpoint(run, stage)) if run.has_stage(stage) else None
@@ -289,9 +281,9 @@ def run_pipeline(
     if config.data.root is None:
         raise RunError("pipeline needs --data")
     check_data_root(config.data.root)
-    if force and run.root.exists() and is_rank_zero():
+    if force and run.root.exists() and is_main_process():
         remove_owned(run.root, "brainvq run")
-    if is_rank_zero():
+    if is_main_process():
         run.claim()
     data_root = config.data.root
     splits = available_splits(Path(data_root)) if is_oasis_root(Path(data_root)) else [config.data.train_split]
@@ -302,7 +294,7 @@ def run_pipeline(
     def stage(name: str, action: Any, every_rank: bool = False) -> None:
         """Run one stage unless done; under a distributed launch only rank 0 runs the others' stages."""
         _barrier()  # every rank reaches each stage together (a no-op without a process group)
-        if not every_rank and not is_rank_zero():
+        if not every_rank and not is_main_process():
             return
         if name in _completed(run):
             log(f"[pipeline] {name}: already complete, skipped")
@@ -311,7 +303,7 @@ def run_pipeline(
         t0 = time.perf_counter()
         summary[name] = action()
         summary[name + "_seconds"] = time.perf_counter() - t0
-        if is_rank_zero():
+        if is_main_process():
             _mark(run, name)
 
     stage(
@@ -349,7 +341,7 @@ def run_pipeline(
     )
     stage("figures", lambda: [str(p) for p in all_training_figures(run)])
     _barrier()
-    if not is_rank_zero():
+    if not is_main_process():
         return summary
     from brainvq.report import write_report
 

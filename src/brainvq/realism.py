@@ -40,7 +40,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from brainvq.data import IMAGE_RE, SliceDataset, SliceRecord, iterate_batches, load_split
 from brainvq.errors import DataError
 from brainvq.files import atomic_save_figure, atomic_torch_save, atomic_write_json
-from brainvq.judge import LoadedJudge, judge_images, tissue_fractions
+from brainvq.judge import LoadedJudge, judge_images, score_dataset, tissue_fractions
 from brainvq.metrics import ms_ssim_per_image, ms_ssim_supported, ssim_per_image
 
 NEIGHBOUR_CANDIDATES = 8
@@ -232,10 +232,17 @@ class Reference:
     num_slices: int
 
 
-def score_set(judge: LoadedJudge, images: ImageSet, reference: Reference) -> dict[str, Any]:
-    """Every score of one image set against the reference (the JSON's shape for one set)."""
+def score_set(
+    judge: LoadedJudge,
+    images: ImageSet,
+    reference: Reference,
+    judged: Judged | None = None,
+    nearest: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Every score of one image set against the reference (the JSON's shape for one set); ``judged``
+    and ``nearest`` skip recomputing what the reference already computed for the same images."""
     judge.check_size(tuple(images.pixels.shape[-2:]), images.name)  # type: ignore[arg-type]
-    judged = judge_set(judge, images)
+    judged = judged if judged is not None else judge_set(judge, images)
     fd, kid, kid_std = frechet_and_kid(reference.real_judged.features, judged.features)
     precision, recall = precision_recall(reference.real_judged.features, judged.features)
     slices = images.slices if images.slices is not None else judged.slice_pred
@@ -245,7 +252,9 @@ def score_set(judge: LoadedJudge, images: ImageSet, reference: Reference) -> dic
         known = images.slices >= 0
         slice_error = float((judged.slice_pred[known] - images.slices[known]).abs().float().mean())
     spread, measure = diversity(images)
-    nn_ssim, nn_index = nearest_neighbour_ssim(images, judged.features, reference.train, reference.train_features)
+    nn_ssim, nn_index = nearest or nearest_neighbour_ssim(
+        images, judged.features, reference.train, reference.train_features
+    )
     return {
         "n": len(images),
         "fd_judge": fd,
@@ -266,9 +275,10 @@ def score_set(judge: LoadedJudge, images: ImageSet, reference: Reference) -> dic
 
 def build_reference(
     judge: LoadedJudge, real_root: str | Path, split: str, train_root: str | Path, cache: Path | None
-) -> tuple[Reference, ImageSet]:
+) -> tuple[Reference, ImageSet, Judged, tuple[torch.Tensor, torch.Tensor]]:
     """Split S into two halves by subject (alternating ids), judge the train split (cached), and set
-    the memorisation threshold. Returns the reference (half B) and half A, the real "scored" set."""
+    the memorisation threshold. Returns the reference (half B), half A (the real "scored" set), and
+    the judge's view and nearest training slices of half A, already computed here."""
     if split == "train":
         raise DataError("--split must be a held-out split (validate or test), never train")
     real = load_split(real_root, split, in_memory=False)
@@ -287,14 +297,19 @@ def build_reference(
     train_features = _train_features(judge, train, cache)
     whole = ImageSet(f"real {split}", pixels, slices)
     whole_judged = judge_set(judge, whole)
-    nn_real, _ = nearest_neighbour_ssim(whole, whole_judged.features, train, train_features)
-    judged_b = Judged(whole_judged.features[~in_a], whole_judged.fractions[~in_a], whole_judged.slice_pred[~in_a])
+    nn_real, nn_index = nearest_neighbour_ssim(whole, whole_judged.features, train, train_features)
+
+    def part(mask: torch.Tensor) -> Judged:
+        return Judged(whole_judged.features[mask], whole_judged.fractions[mask], whole_judged.slice_pred[mask])
+
+    judged_b = part(~in_a)
     num_slices = judge.model.config.num_slices
     table_b = per_slice_fractions(
         judged_b.fractions, set_b.slices if set_b.slices is not None else judged_b.slice_pred, num_slices
     )
     threshold = float(torch.quantile(nn_real, 0.99))
-    return Reference(set_b, judged_b, table_b, train, train_features, threshold, num_slices), set_a
+    reference = Reference(set_b, judged_b, table_b, train, train_features, threshold, num_slices)
+    return reference, set_a, part(in_a), (nn_real[in_a], nn_index[in_a])
 
 
 def _train_features(judge: LoadedJudge, train: SliceDataset, cache: Path | None) -> torch.Tensor:
@@ -302,7 +317,7 @@ def _train_features(judge: LoadedJudge, train: SliceDataset, cache: Path | None)
     path = cache / f"train_features_{key}.pt" if cache is not None else None
     if path is not None and path.is_file():
         return torch.load(path, weights_only=True)
-    features = judge_set(judge, ImageSet("train", dataset_pixels(train))).features
+    features = score_dataset(judge.model, train, 32, judge.autocast).features  # streamed, batch by batch
     if path is not None:
         atomic_torch_save(path, features)
     return features
@@ -325,9 +340,9 @@ def evaluate_samples(
     ``reconstruction`` reference); :func:`vqvae_reconstructor` makes one from a run."""
     if len(samples) < 2:
         raise DataError(f"{samples.name}: need at least 2 images to score, got {len(samples)}")
-    reference, half_a = build_reference(judge, real_root, split, train_root, cache)
+    reference, half_a, half_a_judged, half_a_nearest = build_reference(judge, real_root, split, train_root, cache)
     scored = score_set(judge, samples, reference)
-    references = {"real": score_set(judge, half_a, reference)}
+    references = {"real": score_set(judge, half_a, reference, half_a_judged, half_a_nearest)}
     if reconstruct is not None:
         references["reconstruction"] = score_set(judge, reconstruct(half_a), reference)
     if figures is not None:

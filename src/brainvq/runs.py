@@ -242,18 +242,18 @@ def load_run(path: str | Path, device: str | torch.device = "auto") -> LoadedRun
                 f"but the run's VQ-VAE is now {vqvae_hash}; run `brainvq encode` and "
                 "`brainvq train-prior --force` again"
             )
-    if run.has_stage("prior") and prior_problem is None:
-        prior_hash = file_hash(prior_path)
-        prior_config = config_from_dict(prior_state["config"])
-        if prior_config.model.num_embeddings != config.model.num_embeddings:
-            raise RunError(
-                f"{prior_path}: prior has {prior_config.model.num_embeddings} codes, the VQ-VAE "
-                f"{config.model.num_embeddings}"
-            )
-        prior = build_prior(prior_config.prior, config.model.num_embeddings)
-        load_module_state(prior, prior_path, prior_state)
-        config.prior, config.prior_train = prior_config.prior, prior_config.prior_train
-        prior = prior.to(device).eval()
+        else:
+            prior_hash = file_hash(prior_path)
+            prior_config = config_from_dict(prior_state["config"])
+            if prior_config.model.num_embeddings != config.model.num_embeddings:
+                raise RunError(
+                    f"{prior_path}: prior has {prior_config.model.num_embeddings} codes, the VQ-VAE "
+                    f"{config.model.num_embeddings}"
+                )
+            prior = build_prior(prior_config.prior, config.model.num_embeddings)
+            load_module_state(prior, prior_path, prior_state)
+            config.prior, config.prior_train = prior_config.prior, prior_config.prior_train
+            prior = prior.to(device).eval()
     if config.fabric.channels_last:
         vqvae = vqvae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return LoadedRun(

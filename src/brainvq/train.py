@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import threading
 import time
@@ -43,7 +42,13 @@ from brainvq.config import (
     save_config,
 )
 from brainvq.data import SliceDataset, check_no_leak, load_split
-from brainvq.devices import autocast_context, autocast_dtype, resolve_accelerator, resolve_precision
+from brainvq.devices import (
+    autocast_context,
+    autocast_dtype,
+    is_main_process,
+    resolve_accelerator,
+    resolve_precision,
+)
 from brainvq.errors import DataError, RunError, TrainingError
 from brainvq.metrics import (
     PriorMeter,
@@ -201,7 +206,21 @@ def reconstruction_loss(
     raise ValueError(f"train.recon_loss must be 'mse', 'l1' or 'mse+ssim', got {kind!r}")
 
 
-class VQVAETask(Task):
+class SliceTask(Task):
+    """A task that trains on a split of slices and validates on another (the VQ-VAE, the judge)."""
+
+    def __init__(self, config: Config, train: TrainConfig, train_set: SliceDataset, val_set: SliceDataset | None):
+        super().__init__(config, train)
+        self.train_set, self.val_set = train_set, val_set
+
+    def train_size(self) -> int:
+        return len(self.train_set)
+
+    def validation_size(self) -> int:
+        return len(self.val_set) if self.val_set is not None else 0
+
+
+class VQVAETask(SliceTask):
     """Trains the VQ-VAE on the train split; validates SSIM, PSNR and code usage on the validate split."""
 
     stage = "vqvae"
@@ -209,17 +228,13 @@ class VQVAETask(Task):
     best_mode = "max"
 
     def __init__(self, config: Config, train: TrainConfig, train_set: SliceDataset, val_set: SliceDataset | None):
-        super().__init__(config, train)
-        self.train_set, self.val_set = train_set, val_set
+        super().__init__(config, train, train_set, val_set)
         self.epoch_counts = torch.zeros(config.model.num_embeddings, dtype=torch.float64)
 
     def build_model(self) -> nn.Module:
         model = VQVAE(self.config.model)
         model.code_shape(self.train_set.image_size)
         return model
-
-    def train_size(self) -> int:
-        return len(self.train_set)
 
     def load_batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
         return {"image": self.train_set.images(indices)}
@@ -247,9 +262,6 @@ class VQVAETask(Task):
         used, perplexity = code_usage(self.epoch_counts)
         self.epoch_counts.zero_()
         return {"train_codes_used": used, "train_perplexity": perplexity}
-
-    def validation_size(self) -> int:
-        return len(self.val_set) if self.val_set is not None else 0
 
     @torch.no_grad()
     def validation_statistics(self, model: nn.Module, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -654,14 +666,12 @@ def stage_loggers(run: RunDir, stage: str) -> list[Any]:
     ]
 
 
-def launch_rank() -> int:
-    """This process's rank under torchrun, SLURM or Fabric's own ``ddp`` launcher (which re-runs the
-    command with ``LOCAL_RANK``/``NODE_RANK`` set); 0 for the first process and when not launched as a group."""
-    for name in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    local, node = os.environ.get("LOCAL_RANK", "0"), os.environ.get("NODE_RANK", "0")
-    return int(local) + int(node) * 1000 if local.isdigit() and node.isdigit() else 0
+def resume_checkpoint(run: RunDir, stage: str) -> Path:
+    """The ``last`` checkpoint a resume continues from, or a RunError saying there is none."""
+    path = run.checkpoint(stage, "last")
+    if not path.is_file():
+        raise RunError(f"{run.root}: nothing to resume (no {path.name})")
+    return path
 
 
 def resumed_config(
@@ -672,11 +682,8 @@ def resumed_config(
     ``overrides`` that the user gave on purpose. Returns the config and one ``key: old -> new``
     line per overridden key. Architecture keys (``model.*``, ``prior.*``) cannot change.
     """
-    run = RunDir(run_root)
-    path = run.checkpoint(stage, "last")
-    if not path.is_file():
-        raise RunError(f"{run.root}: nothing to resume (no {path.name})")
-    saved = config_from_dict(load_checkpoint(path)["config"])
+    path = resume_checkpoint(RunDir(run_root), stage)
+    saved = config_from_checkpoint(path)
     data = saved.to_dict()
     if config_file is not None:
         data = _merge(data, _yaml_sections(config_file))
@@ -717,10 +724,8 @@ def _check_resume(run: RunDir, stage: str, config: Config, resume: bool) -> None
     """A resumed stage must rebuild the network its checkpoint holds."""
     if not resume:
         return
-    path = run.checkpoint(stage, "last")
-    if not path.is_file():
-        raise RunError(f"{run.root}: nothing to resume (no {path.name})")
-    saved = config_from_dict(load_checkpoint(path)["config"])
+    path = resume_checkpoint(run, stage)
+    saved = config_from_checkpoint(path)
     section = "model" if stage == "vqvae" else "prior"
     if getattr(saved, section) != getattr(config, section):
         raise RunError(
@@ -770,7 +775,7 @@ def train_vqvae(
     _check_resume(run, "vqvae", config, resume)
     train_set, val_set = _load_training_data(config)
     fabric_config_check(config)
-    if launch_rank() == 0:
+    if is_main_process():
         run.prepare_stage("vqvae", resume=resume, force=force)
     fabric = make_fabric(config.fabric, stage_loggers(run, "vqvae"))
     if fabric.is_global_zero:
@@ -808,7 +813,7 @@ def train_prior(
         val_codes = CodeMaps.load(val_path).check_made_by(vqvae_hash, val_path)
     fabric_config_check(config)
     task = PriorTask(config, config.prior_train, train_codes, val_codes)
-    if launch_rank() == 0:
+    if is_main_process():
         run.prepare_stage("prior", resume=resume, force=force)
     fabric = make_fabric(config.fabric, stage_loggers(run, "prior"))
     if fabric.is_global_zero:
