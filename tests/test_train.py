@@ -11,6 +11,7 @@ import torch
 
 from brainvq.config import Config, apply_overrides
 from brainvq.data import load_split
+from brainvq.devices import end_process_group
 from brainvq.errors import RunError, TrainingError
 from brainvq.runs import RunDir, load_checkpoint
 from brainvq.train import Engine, EpochBatches, StepOutput, VQVAETask, make_fabric, train_vqvae
@@ -114,6 +115,7 @@ def _ddp_worker(fabric: Any, config: Config, run_root: str) -> dict[str, Any]:
     sharded, whole = engine._validate(), task.validate(engine.model)
     flat = torch.cat([t.detach().float().flatten() for t in engine.model.state_dict().values()])
     gathered = fabric.all_gather(flat)
+    end_process_group()
     return {
         "max_difference": float((gathered - gathered[0]).abs().max()),
         "world_size": fabric.world_size,
@@ -179,7 +181,9 @@ def _disagreeing_worker(fabric: Any, config: Config, run_root: str, how: str) ->
     try:
         engine.fit()
     except TrainingError as error:
+        end_process_group()
         return {"error": str(error), "step": engine.state.step}
+    end_process_group()
     return {"error": "", "step": engine.state.step, "reason": engine.state.stop_reason}
 
 

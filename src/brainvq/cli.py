@@ -672,13 +672,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args))
+        status = int(args.handler(args))
     except BrainVQError as error:
         print(f"brainvq: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("brainvq: interrupted (the last checkpoint was saved; --resume continues)", file=sys.stderr)
         return 130
+    from brainvq.devices import end_process_group
+
+    end_process_group()  # a distributed run leaves its group together (no-op otherwise)
+    return status
 
 
 if __name__ == "__main__":

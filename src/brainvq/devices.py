@@ -96,3 +96,22 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Any:
     """``torch.autocast`` to ``dtype`` on ``device``, or a disabled context when ``dtype`` is None."""
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def barrier() -> None:
+    """Wait for every rank when running as a distributed group (a no-op without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def end_process_group() -> None:
+    """Leave the distributed group cleanly at the end of a command: wait for every rank, then destroy
+    the group. Without this, a rank whose peer already exited can abort at interpreter shutdown
+    (gloo: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

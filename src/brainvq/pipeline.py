@@ -19,7 +19,7 @@ from PIL import Image
 from brainvq.codes import CodeMaps, check_image_size, encode_dataset
 from brainvq.config import Config
 from brainvq.data import SliceDataset, available_splits, check_data_root, is_oasis_root, load_split, scan_split
-from brainvq.devices import autocast_dtype, inference_precision, is_main_process, resolve_device
+from brainvq.devices import autocast_dtype, barrier, inference_precision, is_main_process, resolve_device
 from brainvq.errors import RunError
 from brainvq.figures import all_training_figures, image_grid, reconstruction_grid
 from brainvq.files import remove_owned
@@ -258,14 +258,6 @@ def _prior_is_current(run: RunDir) -> bool:
     return bool(made_by == file_hash(stage_checkpoint(run, "vqvae")))
 
 
-def _barrier() -> None:
-    """Wait for every rank when running as a distributed group (after Fabric set it up)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def run_pipeline(
     config: Config,
     run_root: str | Path,
@@ -293,7 +285,7 @@ def run_pipeline(
 
     def stage(name: str, action: Any, every_rank: bool = False) -> None:
         """Run one stage unless done; under a distributed launch only rank 0 runs the others' stages."""
-        _barrier()  # every rank reaches each stage together (a no-op without a process group)
+        barrier()  # every rank reaches each stage together (a no-op without a process group)
         if not every_rank and not is_main_process():
             return
         if name in _completed(run):
@@ -340,7 +332,7 @@ def run_pipeline(
         ),
     )
     stage("figures", lambda: [str(p) for p in all_training_figures(run)])
-    _barrier()
+    barrier()
     if not is_main_process():
         return summary
     from brainvq.report import write_report
