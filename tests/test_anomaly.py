@@ -42,7 +42,7 @@ def _images(n: int = 3) -> torch.Tensor:
 
 def test_nll_maps_are_minus_log2_softmax_of_the_full_pass(tmp_path: Path) -> None:
     run = _run(tmp_path)
-    codes, _ = encode(run, _images())
+    codes = encode(run, _images()).codes
     slices = torch.tensor([3, 10, 20])
     nll = code_nll_bits(run, codes, slices)
     logits = run.prior(codes, slices)  # (B, K, h, w)
@@ -56,7 +56,7 @@ def test_nll_maps_are_minus_log2_softmax_of_the_full_pass(tmp_path: Path) -> Non
 def test_completion_keeps_the_given_rows_and_is_seeded(tmp_path: Path) -> None:
     run = _run(tmp_path)
     image = _images(1)
-    codes, _ = encode(run, image)
+    codes = encode(run, image).codes
     start = codes.repeat(4, 1, 1)
     redraw = torch.zeros_like(start, dtype=torch.bool)
     redraw[:, 5:] = True
@@ -75,7 +75,7 @@ def test_completion_keeps_the_given_rows_and_is_seeded(tmp_path: Path) -> None:
 def test_healing_redraws_only_the_unlikely_codes(tmp_path: Path) -> None:
     run = _run(tmp_path)
     images, slices = _images(), torch.tensor([3, 10, 20])
-    nll = code_nll_bits(run, encode(run, images)[0], slices)
+    nll = code_nll_bits(run, encode(run, images).codes, slices)
     threshold = float(torch.quantile(torch.exp2(-nll).flatten(), 0.1))
     result = heal(run, images, slices, threshold, seed=0)
     assert torch.equal(result.redrawn, torch.exp2(-nll) < threshold)

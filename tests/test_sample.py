@@ -146,3 +146,71 @@ def test_samplers_agree_at_trained_scale(tmp_path: object) -> None:
     print(f"naive vs fast at trained scale: {differing:.4%} of {naive.numel()} positions differ")
     assert differing <= 0.01
     assert np.isfinite(differing)
+
+
+# ----------------------------------------------------------------------------- two levels (issue 11)
+def _conditioned_bottom(arch: str, size: int = 16) -> torch.nn.Module:
+    torch.manual_seed(2)
+    config = PriorConfig(
+        arch=arch, embedding_dim=8, hidden_channels=16, num_layers=2, condition_on_slice=True,
+        positional=True, code_height=size, code_width=size,
+        context_num_embeddings=6, context_channels=8, context_factor=2,
+    )  # fmt: skip
+    prior = build_prior(config, num_embeddings=12)
+    for module in prior.modules():
+        if module.__class__.__name__ == "ConditionalBias":
+            torch.nn.init.normal_(module.embedding.weight)
+    return prior.eval()
+
+
+@pytest.mark.parametrize("arch", ["pixelcnn", "gated"])
+def test_conditioned_bottom_prior_caches_equal_full_pass(arch: str) -> None:
+    prior = _conditioned_bottom(arch)
+    codes, top = torch.randint(0, 12, (2, 16, 16)), torch.randint(0, 6, (2, 8, 8))
+    condition = torch.tensor([2, 30])
+    with torch.no_grad():
+        full = prior(codes, condition, top)
+        other = prior(codes, condition, (top + 1) % 6)
+        assert not torch.allclose(full, other)  # the top map conditions every position
+        cache = RowCache(prior, codes, condition, top)
+        for i in range(16):
+            for j in range(16):
+                torch.testing.assert_close(cache.logits(i, j), full[:, :, i, j], rtol=1e-5, atol=1e-5)
+            cache.finish_row(i)
+        for i, j in [(0, 0), (5, 9), (15, 15), (15, 0)]:
+            torch.testing.assert_close(
+                window_logits(prior, codes, i, j, condition, top), full[:, :, i, j], rtol=1e-5, atol=1e-5
+            )
+    with pytest.raises(ValueError, match="top code map"):
+        prior(codes, condition)
+
+
+@pytest.mark.parametrize("arch", ["pixelcnn", "gated"])
+def test_conditioned_bottom_fast_sampler_equals_naive(arch: str) -> None:
+    prior = _conditioned_bottom(arch)
+    top = torch.randint(0, 6, (3, 8, 8))
+    kwargs = {"generator": 5, "condition": torch.tensor([1, 9, 17]), "context": top, "batch_size": 2}
+    fast = sample_codes(prior, 3, (16, 16), sampler="fast", **kwargs)
+    assert torch.equal(fast, sample_codes(prior, 3, (16, 16), sampler="naive", **kwargs))
+    assert len(fast.unique()) > 3
+
+
+def test_transformer_cached_sampler_equals_uncached() -> None:
+    torch.manual_seed(3)
+    config = PriorConfig(
+        arch="transformer", hidden_channels=32, num_layers=2, num_heads=4, condition_on_slice=True,
+        code_height=8, code_width=8,
+    )  # fmt: skip
+    prior = build_prior(config, num_embeddings=12).eval()
+    kwargs = {"generator": 11, "condition": torch.tensor([0, 12, 31]), "batch_size": 2}
+    cached = sample_codes(prior, 3, (8, 8), sampler="fast", **kwargs)
+    assert torch.equal(cached, sample_codes(prior, 3, (8, 8), sampler="naive", **kwargs))
+    assert len(cached.unique()) > 3
+    # completion from a prefix (the cache is fed the kept positions the first time it is asked)
+    keep = torch.zeros(3, 8, 8, dtype=torch.bool)
+    keep[:, 3:] = True
+    from brainvq.sample import resample_codes
+
+    fast = resample_codes(prior, cached, keep, generator=4, condition=kwargs["condition"], sampler="fast")
+    naive = resample_codes(prior, cached, keep, generator=4, condition=kwargs["condition"], sampler="naive")
+    assert torch.equal(fast, naive) and torch.equal(fast[:, :3], cached[:, :3])

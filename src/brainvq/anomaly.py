@@ -17,6 +17,11 @@ judged with no knowledge of what lies below them, so the top edge of an anomaly 
 prior is least informed; codes below an anomaly are judged given the anomalous codes above,
 which can make them look likely (the anomaly "explains itself"). Pinaya et al. average several
 orderings to soften this; brainvq uses the one raster order (see the README).
+
+Two-level runs: likelihood maps are given for both levels (the bottom prior conditioned on the
+image's own top map); completion draws the top map's missing rows with the top prior, then the
+bottom map's with the bottom prior; healing redraws unlikely *bottom* codes given the image's
+top map (the top map, 4-16x coarser, is kept).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from brainvq.codes import slice_condition
+from brainvq.codes import decode_levels, slice_condition
 from brainvq.data import iterate_batches
 from brainvq.devices import autocast_context, autocast_dtype, inference_precision
 from brainvq.errors import RunError
@@ -57,58 +62,113 @@ class Healed:
     residual_map: torch.Tensor  # (B, H, W) the reconstruction-residual baseline
 
 
-def _condition(run: LoadedRun, slices: torch.Tensor | None) -> torch.Tensor | None:
-    if not run.config.prior.condition_on_slice:
+def _condition(run: LoadedRun, slices: torch.Tensor | None, prior_config: Any = None) -> torch.Tensor | None:
+    prior_config = prior_config or run.config.prior
+    if not prior_config.condition_on_slice:
         return None
     if slices is None:
         raise RunError("this prior is slice-conditioned: the images need slice indices (OASIS file names)")
-    return slice_condition(slices, run.config.prior.num_slices, "images")
+    return slice_condition(slices, prior_config.num_slices, "images")
+
+
+@dataclass
+class Encoded:
+    """Images through the VQ-VAE: bottom codes (B, h, w), reconstructions, top codes (two levels)."""
+
+    codes: torch.Tensor
+    recon: torch.Tensor
+    top: torch.Tensor | None
 
 
 @torch.no_grad()
-def encode(run: LoadedRun, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes (B, h, w), reconstructions (B, 1, H, W)) of images in [0, 1]."""
+def encode(run: LoadedRun, images: torch.Tensor) -> Encoded:
+    """Codes and reconstructions (B, 1, H, W) of images in [0, 1]."""
     dtype = autocast_dtype(inference_precision(run.device))
     with autocast_context(run.device, dtype):
         output = run.vqvae(images.to(run.device))
-    return output.indices.cpu(), output.recon.float().clamp(0, 1).cpu()
+    top = output.top_indices.cpu() if output.top_indices is not None else None
+    return Encoded(output.indices.cpu(), output.recon.float().clamp(0, 1).cpu(), top)
+
+
+def _nll_bits(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    log_probs = torch.log_softmax(logits.float(), dim=1)  # (B, K, h, w)
+    picked = log_probs.gather(1, codes.unsqueeze(1)).squeeze(1)  # (B, 1, h, w) -> (B, h, w)
+    return (-picked / np.log(2)).cpu()
 
 
 @torch.no_grad()
-def code_nll_bits(run: LoadedRun, codes: torch.Tensor, slices: torch.Tensor | None = None) -> torch.Tensor:
-    """``-log2 p(code | codes before it)`` at every position (B, h, w), from one full prior pass (fp32)."""
+def code_nll_bits(
+    run: LoadedRun, codes: torch.Tensor, slices: torch.Tensor | None = None, top: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``-log2 p(code | codes before it)`` at every position (B, h, w), from one full prior pass (fp32);
+    for a two-level run the bottom prior reads the top codes ``top`` as its context."""
     prior = run.require_prior()
     condition = _condition(run, slices)
-    logits = prior(codes.to(run.device), condition.to(run.device) if condition is not None else None).float()
-    log_probs = torch.log_softmax(logits, dim=1)  # (B, K, h, w)
-    picked = log_probs.gather(1, codes.to(run.device).unsqueeze(1)).squeeze(1)  # (B, 1, h, w) -> (B, h, w)
-    return (-picked / np.log(2)).cpu()
+    device = run.device
+    logits = prior(
+        codes.to(device),
+        condition.to(device) if condition is not None else None,
+        top.to(device) if top is not None else None,
+    )
+    return _nll_bits(logits, codes.to(device))
+
+
+@torch.no_grad()
+def top_nll_bits(run: LoadedRun, top: torch.Tensor, slices: torch.Tensor | None = None) -> torch.Tensor:
+    """The top map's likelihood map (B, h/t, w/t) in bits under the top prior of a two-level run."""
+    prior = run.require_top_prior()
+    condition = _condition(run, slices, run.config.top_prior)
+    logits = prior(top.to(run.device), condition.to(run.device) if condition is not None else None)
+    return _nll_bits(logits, top.to(run.device))
 
 
 def complete(
     run: LoadedRun, image: torch.Tensor, keep_rows: int, n: int, *, seed: int = 0, slice_index: int | None = None
 ) -> torch.Tensor:
     """``n`` completions (n, 1, H, W) of one image (1, 1, H, W) keeping its first ``keep_rows`` code rows."""
-    codes, _ = encode(run, image)
-    height = codes.shape[1]
+    encoded = encode(run, image)
+    height = encoded.codes.shape[1]
     if not 0 <= keep_rows <= height:
         raise RunError(f"--keep-rows must be in 0..{height} (the code map has {height} rows)")
+    slices = torch.full((n,), slice_index, dtype=torch.long) if slice_index is not None else None
+    generator = torch.Generator().manual_seed(seed)
+    top = None
+    if encoded.top is not None:  # two levels: complete the top map's rows below the kept part first
+        factor = height // encoded.top.shape[1]
+        top = _complete_rows(
+            run.require_top_prior(), encoded.top, keep_rows // factor, n, generator,
+            _condition(run, slices, run.config.top_prior), run.device,
+        )  # fmt: skip
+    new = _complete_rows(
+        run.require_prior(), encoded.codes, keep_rows, n, generator, _condition(run, slices), run.device, top
+    )
+    return decode(run, new, top)
+
+
+def _complete_rows(
+    prior: Any,
+    codes: torch.Tensor,
+    keep_rows: int,
+    n: int,
+    generator: torch.Generator,
+    condition: torch.Tensor | None,
+    device: torch.device,
+    context: torch.Tensor | None = None,
+) -> torch.Tensor:
     start = codes.repeat(n, 1, 1)
     redraw = torch.zeros_like(start, dtype=torch.bool)
     redraw[:, keep_rows:] = True
-    slices = torch.full((n,), slice_index, dtype=torch.long) if slice_index is not None else None
-    condition = _condition(run, slices)
-    new = resample_codes(
-        run.require_prior(), start, redraw, generator=seed, condition=condition, device=run.device
+    return resample_codes(
+        prior, start, redraw, generator=generator, condition=condition, context=context, device=device
     )
-    return decode(run, new)
 
 
 @torch.no_grad()
-def decode(run: LoadedRun, codes: torch.Tensor) -> torch.Tensor:
+def decode(run: LoadedRun, codes: torch.Tensor, top: torch.Tensor | None = None) -> torch.Tensor:
     dtype = autocast_dtype(inference_precision(run.device))
     with autocast_context(run.device, dtype):
-        return run.vqvae.decode(codes.to(run.device)).float().clamp(0, 1).cpu()
+        top = top.to(run.device) if top is not None else None
+        return decode_levels(run.vqvae, codes.to(run.device), top).float().clamp(0, 1).cpu()
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float = SMOOTHING_SIGMA) -> torch.Tensor:
@@ -124,13 +184,18 @@ def gaussian_blur(maps: torch.Tensor, sigma: float = SMOOTHING_SIGMA) -> torch.T
 
 
 def probability_threshold(
-    run: LoadedRun, codes: torch.Tensor, slices: torch.Tensor | None, quantile: float
+    run: LoadedRun,
+    codes: torch.Tensor,
+    slices: torch.Tensor | None,
+    quantile: float,
+    top: torch.Tensor | None = None,
 ) -> float:
     """The ``quantile`` of per-code probabilities over healthy code maps (the redraw threshold)."""
     values = []
     for start in range(0, len(codes), 32):
         part = slices[start : start + 32] if slices is not None else None
-        values.append(torch.exp2(-code_nll_bits(run, codes[start : start + 32], part)).flatten())
+        context = top[start : start + 32] if top is not None else None
+        values.append(torch.exp2(-code_nll_bits(run, codes[start : start + 32], part, context)).flatten())
     everything = torch.cat(values)
     if len(everything) > 4_000_000:  # torch.quantile's size limit: an even subsample
         everything = everything[:: len(everything) // 4_000_000 + 1]
@@ -141,14 +206,15 @@ def heal(
     run: LoadedRun, images: torch.Tensor, slices: torch.Tensor | None, threshold: float, *, seed: int = 0
 ) -> Healed:
     """Redraw codes with probability below ``threshold`` given the rest, decode, and make both maps."""
-    codes, recon = encode(run, images)
-    nll = code_nll_bits(run, codes, slices)
+    encoded = encode(run, images)
+    codes, recon, top = encoded.codes, encoded.recon, encoded.top
+    nll = code_nll_bits(run, codes, slices, top)
     redraw = torch.exp2(-nll) < threshold
     condition = _condition(run, slices)
     new = resample_codes(
-        run.require_prior(), codes, redraw, generator=seed, condition=condition, device=run.device
+        run.require_prior(), codes, redraw, generator=seed, condition=condition, context=top, device=run.device
     )
-    healed = decode(run, new)
+    healed = decode(run, new, top)
     scale = images.shape[-1] // codes.shape[-1]
     region = redraw.float().repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # (B, h, w) -> (B, H, W)
     region = F.max_pool2d(region.unsqueeze(1), 3, 1, 1).squeeze(1)  # one pixel of margin
@@ -309,15 +375,23 @@ def score_images(
     per_image = []
     for batch in iterate_batches(inputs.dataset, batch_size):
         index = batch["index"].tolist()
-        codes, _ = encode(run, batch["image"])
-        nll = code_nll_bits(run, codes, _slices_or_none(inputs, index))
+        encoded = encode(run, batch["image"])
+        slices = _slices_or_none(inputs, index)
+        nll = code_nll_bits(run, encoded.codes, slices, encoded.top)
+        top_nll = top_nll_bits(run, encoded.top, slices) if encoded.top is not None else None
         for k, i in enumerate(index):
             name = inputs.names[i]
-            per_image.append(
-                {"image": name, "nll_bits": float(nll[k].sum()), "bits_per_code": float(nll[k].mean())}
-            )
+            entry = {"image": name, "nll_bits": float(nll[k].sum()), "bits_per_code": float(nll[k].mean())}
+            if top_nll is not None:
+                entry["top_nll_bits"], entry["top_bits_per_code"] = (
+                    float(top_nll[k].sum()),
+                    float(top_nll[k].mean()),
+                )
+            per_image.append(entry)
             if maps:
                 np.save(out / "nll" / f"{Path(name).stem}.npy", nll[k].numpy().astype(np.float32))
+                if top_nll is not None:
+                    np.save(out / "nll" / f"{Path(name).stem}_top.npy", top_nll[k].numpy().astype(np.float32))
                 scale = batch["image"].shape[-1] // nll.shape[-1]
                 heat = nll[k].repeat_interleave(scale, 0).repeat_interleave(scale, 1).numpy()
                 _save_png(out / "overlays" / name, overlay(batch["image"][k, 0].numpy(), heat, 12.0))
@@ -329,6 +403,9 @@ def score_images(
         "prior_hash": run.prior_hash,
         "per_image": per_image,
     }
+    if run.levels == 2:
+        result["top_mean_bits_per_code"] = float(np.mean([p["top_bits_per_code"] for p in per_image]))
+        result["top_prior_hash"] = run.top_prior_hash
     atomic_write_json(out / "scores.json", result)
     return result
 
@@ -363,7 +440,8 @@ def run_threshold(run: LoadedRun, quantile: float, data_root: str | Path | None)
         codes = encode_dataset(run.vqvae, load_split(root, split, in_memory=False), split, device=run.device,
                                vqvae_hash=run.vqvae_hash)  # fmt: skip
     slices = codes.slices if run.config.prior.condition_on_slice else None
-    threshold = probability_threshold(run, codes.indices.long(), slices, quantile)
+    top = codes.top_indices.long() if codes.top_indices is not None else None
+    threshold = probability_threshold(run, codes.indices.long(), slices, quantile, top)
     save_threshold(run, path, threshold, quantile, split)
     return threshold
 

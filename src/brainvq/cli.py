@@ -171,11 +171,16 @@ def cmd_train_vqvae(args: argparse.Namespace) -> int:
 
 
 def cmd_train_prior(args: argparse.Namespace) -> int:
-    from brainvq.train import train_prior
+    from brainvq.train import PRIOR_STAGES, run_prior_levels, train_prior
 
-    config = _stage_config(args, "prior", "prior_train")
-    summary = train_prior(config, args.run, resume=args.resume, force=args.force, progress=not args.quiet)
-    _print(summary, args.json)
+    summaries = {}
+    for level in run_prior_levels(args.run, args.level):  # a two-level run: the top prior, then the bottom
+        section = "top_prior_train" if level == "top" else "prior_train"
+        config = _stage_config(args, PRIOR_STAGES[level], section)
+        summaries[level] = train_prior(
+            config, args.run, resume=args.resume, force=args.force, progress=not args.quiet, level=level
+        )
+    _print(summaries["bottom"] if len(summaries) == 1 and "bottom" in summaries else summaries, args.json)
     return 0
 
 
@@ -531,8 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stop_args(p)
     p.set_defaults(handler=cmd_train_vqvae)
 
-    p = sub.add_parser("train-prior", help="train (or resume) the PixelCNN prior on the run's code maps")
+    p = sub.add_parser("train-prior", help="train (or resume) the prior(s) on the run's code maps")
     p.add_argument("--run", type=Path, required=True)
+    p.add_argument(
+        "--level", choices=("all", "top", "bottom"), default="all",
+        help="two-level runs: which prior to train (all: the top, then the bottom)",
+    )  # fmt: skip
     _add_config_args(p)
     _add_stop_args(p)
     p.set_defaults(handler=cmd_train_prior)

@@ -1,7 +1,8 @@
 """Code maps: every slice of a split encoded by the VQ-VAE into a (h, w) grid of code indices.
 
 Stored per split as ``RUN/codes/{split}.pt`` (int16 indices plus subject id and slice index per
-map), written atomically and reused by the prior's training, evaluation and figures.
+map; for a two-level VQ-VAE the top maps too), written atomically and reused by the priors'
+training, evaluation and figures.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from brainvq.data import SliceDataset, iterate_batches
 from brainvq.devices import autocast_context
 from brainvq.errors import DataError, RunError
-from brainvq.models.vqvae import VQVAE
+from brainvq.models.vqvae import AnyVQVAE, TwoLevelCodes, TwoLevelVQVAE
 from brainvq.runs import atomic_torch_save
 
 
@@ -30,6 +31,8 @@ class CodeMaps:
     num_embeddings: int
     image_size: tuple[int, int]
     vqvae_hash: str = ""  # content hash of the VQ-VAE checkpoint that made these maps
+    top_indices: torch.Tensor | None = None  # (N, h/t, w/t), two-level VQ-VAEs only
+    top_num_embeddings: int | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -46,6 +49,8 @@ class CodeMaps:
                 "num_embeddings": self.num_embeddings,
                 "image_size": list(self.image_size),
                 "vqvae_hash": self.vqvae_hash,
+                "top_indices": self.top_indices,
+                "top_num_embeddings": self.top_num_embeddings,
             },
         )
 
@@ -67,6 +72,8 @@ class CodeMaps:
             data["num_embeddings"],
             tuple(data["image_size"]),
             str(data.get("vqvae_hash", "")),
+            data.get("top_indices"),
+            data.get("top_num_embeddings"),
         )
 
     def check_made_by(self, vqvae_hash: str, path: Path) -> CodeMaps:
@@ -79,9 +86,42 @@ class CodeMaps:
         return self
 
     def batch(self, indices: torch.Tensor | list[int]) -> dict[str, torch.Tensor]:
-        """A training batch: ``codes`` (B, h, w) int64 and ``slice`` (B,) int64."""
+        """A training batch: ``codes`` (B, h, w) int64 and ``slice`` (B,) int64; with top maps also
+        ``context`` (B, h/t, w/t) int64, what the bottom prior of a two-level run is conditioned on."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        return {"codes": self.indices[index].long(), "slice": self.slices[index]}
+        batch = {"codes": self.indices[index].long(), "slice": self.slices[index]}
+        if self.top_indices is not None:
+            batch["context"] = self.top_indices[index].long()
+        return batch
+
+    def level(self, name: str) -> CodeMaps:
+        """The maps one prior learns: ``bottom`` (these maps, with the top maps as context) or ``top``
+        (the top maps alone). A one-level set has only ``bottom``."""
+        if name == "bottom":
+            return self
+        if name != "top" or self.top_indices is None or self.top_num_embeddings is None:
+            raise RunError(f"{self.split} code maps have no {name!r} level")
+        return CodeMaps(
+            self.top_indices, self.subjects, self.slices, self.split, self.top_num_embeddings,
+            self.image_size, self.vqvae_hash,
+        )  # fmt: skip
+
+
+def encode_levels(model: AnyVQVAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(bottom, top) code maps of ``images``; ``top`` is None for a one-level VQ-VAE."""
+    if isinstance(model, TwoLevelVQVAE):
+        codes = model.encode(images)
+        return codes.bottom, codes.top
+    return model.encode(images), None
+
+
+def decode_levels(model: AnyVQVAE, bottom: torch.Tensor, top: torch.Tensor | None = None) -> torch.Tensor:
+    """Images (B, 1, H, W) in [0, 1] from the bottom map and, for a two-level VQ-VAE, the top map."""
+    if isinstance(model, TwoLevelVQVAE):
+        if top is None:
+            raise RunError("this VQ-VAE has two levels: decoding needs the top code map too")
+        return model.decode(TwoLevelCodes(top.long(), bottom.long()))
+    return model.decode(bottom.long())
 
 
 def slice_condition(slices: torch.Tensor, num_slices: int, where: str = "") -> torch.Tensor:
@@ -98,7 +138,7 @@ def slice_condition(slices: torch.Tensor, num_slices: int, where: str = "") -> t
     return slices
 
 
-def check_image_size(model: VQVAE, image_size: tuple[int, int], trained_size: tuple[int, int] | None) -> None:
+def check_image_size(model: AnyVQVAE, image_size: tuple[int, int], trained_size: tuple[int, int] | None) -> None:
     """Refuse images the model cannot encode, or of another size than it was trained on."""
     try:
         model.code_shape(image_size)
@@ -113,7 +153,7 @@ def check_image_size(model: VQVAE, image_size: tuple[int, int], trained_size: tu
 
 @torch.no_grad()
 def encode_dataset(
-    model: VQVAE,
+    model: AnyVQVAE,
     dataset: SliceDataset,
     split: str,
     *,
@@ -126,13 +166,20 @@ def encode_dataset(
     stream from disk: peak memory is one batch of images plus the code maps)."""
     device = device or next(model.parameters()).device
     model.eval()
-    chunks = []
-    code_dtype = torch.int16 if model.config.num_embeddings <= 32767 else torch.int32
+    chunks, top_chunks = [], []
+    largest = max(model.config.num_embeddings, model.config.top_num_embeddings)
+    code_dtype = torch.int16 if largest <= 32767 else torch.int32
     for batch in iterate_batches(dataset, batch_size):
         images = batch["image"].to(device)
         with autocast_context(device, autocast_dtype):
-            chunks.append(model.encode(images).to(code_dtype).cpu())
+            bottom, top = encode_levels(model, images)
+        chunks.append(bottom.to(code_dtype).cpu())
+        if top is not None:
+            top_chunks.append(top.to(code_dtype).cpu())
+    two_levels = isinstance(model, TwoLevelVQVAE)
     return CodeMaps(
+        top_indices=torch.cat(top_chunks) if top_chunks else None,
+        top_num_embeddings=model.config.top_num_embeddings if two_levels else None,
         indices=torch.cat(chunks),
         subjects=dataset.subjects(),
         slices=dataset.slice_indices(),

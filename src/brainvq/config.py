@@ -45,6 +45,10 @@ class ModelConfig:
     ``data`` (random encoder outputs of the first batch) or ``uniform`` (the seed's). ``dead_code_steps``: restart a code unused for that
     many training steps (0 disables). ``output``: ``clamp`` (linear decoder, clamped to [0, 1] for
     images and metrics) or ``sigmoid``.
+
+    ``levels: 2`` adds a top code map (VQ-VAE-2, Razavi et al. 2019, "Generating Diverse
+    High-Fidelity Images with VQ-VAE-2") ``top_downsample`` times coarser than the bottom map, with
+    its own codebook of ``top_num_embeddings`` codes and the same quantiser settings.
     """
 
     in_channels: int = 1
@@ -61,6 +65,9 @@ class ModelConfig:
     ema_epsilon: float = 1e-5
     codebook_init: str = "kmeans++"
     dead_code_steps: int = 100
+    levels: int = 1
+    top_downsample: int = 2
+    top_num_embeddings: int = 512
 
 
 @dataclass
@@ -73,6 +80,14 @@ class PriorConfig:
     ``condition_on_slice``: learn a conditional bias from the slice index (0..num_slices-1).
     ``positional``: add a learned embedding of each code position to the input, so the prior knows
     where in the slice it is (``code_height``/``code_width`` are filled in by train-prior).
+
+    ``transformer``: a GPT-style decoder over the map in raster order (``num_layers`` pre-norm
+    blocks of width ``hidden_channels`` with ``num_heads`` heads and ``dropout``; learned positions;
+    the slice index as the start token). Used for the top map of two-level runs.
+
+    In a two-level run the bottom prior is conditioned on the top map: train-prior fills in
+    ``context_num_embeddings`` (the top codebook size) and ``context_factor`` (how much finer the
+    bottom grid is); ``context_channels`` is the width of the conditioning stack.
     """
 
     arch: str = "pixelcnn"
@@ -86,6 +101,11 @@ class PriorConfig:
     positional: bool = False
     code_height: int | None = None
     code_width: int | None = None
+    num_heads: int = 8
+    dropout: float = 0.0
+    context_channels: int = 64
+    context_num_embeddings: int | None = None
+    context_factor: int = 1
 
 
 @dataclass
@@ -164,6 +184,13 @@ class Config:
     prior: PriorConfig = field(default_factory=PriorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prior_train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, lr=1e-3))
+    top_prior: PriorConfig = field(
+        default_factory=lambda: PriorConfig(
+            arch="transformer", embedding_dim=256, hidden_channels=256, num_layers=6, num_heads=8,
+            dropout=0.1, condition_on_slice=True, positional=True,
+        )
+    )  # fmt: skip
+    top_prior_train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, lr=5e-4))
     fabric: FabricConfig = field(default_factory=FabricConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -182,12 +209,15 @@ class Config:
             "model.codebook_init": (self.model.codebook_init, ("kmeans++", "data", "uniform")),
             "model.output": (self.model.output, ("clamp", "sigmoid")),
             "model.downsample": (self.model.downsample, (4, 8)),
-            "prior.arch": (self.prior.arch, ("pixelcnn", "gated")),
+            "prior.arch": (self.prior.arch, ("pixelcnn", "gated", "transformer")),
+            "top_prior.arch": (self.top_prior.arch, ("pixelcnn", "gated", "transformer")),
+            "model.levels": (self.model.levels, (1, 2)),
+            "model.top_downsample": (self.model.top_downsample, (2, 4)),
             "sample.sampler": (self.sample.sampler, ("fast", "naive")),
             "fabric.accelerator": (self.fabric.accelerator, ACCELERATORS),
             "fabric.precision": (self.fabric.precision, PRECISIONS),
         }
-        for section in ("train", "prior_train", "judge_train"):
+        for section in ("train", "prior_train", "top_prior_train", "judge_train"):
             stage: TrainConfig = getattr(self, section)
             choices[f"{section}.schedule"] = (stage.schedule, ("constant", "cosine"))
             choices[f"{section}.recon_loss"] = (stage.recon_loss, ("mse", "l1", "mse+ssim"))
@@ -200,12 +230,15 @@ class Config:
             "prior.num_layers": self.prior.num_layers,
             "prior.num_slices": self.prior.num_slices,
             "model.num_embeddings": self.model.num_embeddings,
+            "model.top_num_embeddings": self.model.top_num_embeddings,
+            "top_prior.num_layers": self.top_prior.num_layers,
+            "top_prior.num_heads": self.top_prior.num_heads,
             "model.embedding_dim": self.model.embedding_dim,
             "model.hidden_channels": self.model.hidden_channels,
             "judge.base_channels": self.judge.base_channels,
             "judge.depth": self.judge.depth,
         }
-        for section in ("train", "prior_train", "judge_train"):
+        for section in ("train", "prior_train", "top_prior_train", "judge_train"):
             stage = getattr(self, section)
             for name in ("batch_size", "val_batch_size", "checkpoint_every_steps"):
                 positive[f"{section}.{name}"] = getattr(stage, name)
@@ -220,6 +253,15 @@ class Config:
                 raise ConfigError(
                     f"config key '{key}': must be odd (a masked kernel has a centre), got {positive[key]}"
                 )
+        for section in ("prior", "top_prior"):
+            prior: PriorConfig = getattr(self, section)
+            if prior.arch == "transformer" and prior.hidden_channels % prior.num_heads:
+                raise ConfigError(
+                    f"config key '{section}.hidden_channels': {prior.hidden_channels} is not divisible by "
+                    f"{section}.num_heads={prior.num_heads}"
+                )
+            if not 0 <= prior.dropout < 1:
+                raise ConfigError(f"config key '{section}.dropout': must be in [0, 1), got {prior.dropout}")
         if self.sample.temperature < 0:
             raise ConfigError(f"config key 'sample.temperature': must be >= 0, got {self.sample.temperature}")
         return self

@@ -115,3 +115,24 @@ def end_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def limit_heap_growth() -> None:
+    """Keep a long streaming pass (encode, evaluate) from growing the heap batch after batch.
+
+    glibc raises its mmap threshold each time a large block is freed, so batch-sized activations
+    (tens of MB) end up on the heap, where fragmentation keeps hundreds of MB resident after they
+    are freed (measured: encoding the 9,664 OASIS train slices peaked at 1,025 MB with the dynamic
+    threshold, 616 MB with it fixed at 128 KiB). A no-op where glibc's ``mallopt`` is absent.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: fixed, which also stops its dynamic growth
+    except (OSError, AttributeError):
+        return

@@ -69,9 +69,10 @@ def vqvae_curves(run: RunDir) -> list[Path]:
     return paths
 
 
-def prior_curves(run: RunDir) -> list[Path]:
-    """``prior_curves.png``: training NLL and validation NLL / accuracy."""
-    history = _history(run, "prior")
+def prior_curves(run: RunDir, stage: str = "prior") -> list[Path]:
+    """``prior_curves.png`` (``prior_top_curves.png`` for a two-level run's top prior): training NLL
+    and validation NLL / accuracy."""
+    history = _history(run, stage)
     if history is None:
         return []
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -84,7 +85,9 @@ def prior_curves(run: RunDir) -> list[Path]:
     x, accuracy = _series(history["epochs"], "val_prior_accuracy")
     acc_ax.plot(x, accuracy, "o-", color="C1")
     acc_ax.set(xlabel="step", ylabel="accuracy", title="Prior validation accuracy")
-    return [_save(figure, run.figures / "prior_curves.png")]
+    if stage == "prior_top":
+        figure.suptitle("Top prior (two-level run)")
+    return [_save(figure, run.figures / f"{stage}_curves.png")]
 
 
 def reconstruction_grid(originals: torch.Tensor, recons: torch.Tensor, path: Path, title: str = "") -> Path:
@@ -151,6 +154,6 @@ def image_grid(images: torch.Tensor, path: Path, titles: Sequence[str] | None = 
 
 def all_training_figures(run: RunDir) -> list[Path]:
     """Every figure that can be drawn from the run's histories and snapshots."""
-    paths = vqvae_curves(run) + prior_curves(run)
+    paths = vqvae_curves(run) + prior_curves(run) + prior_curves(run, "prior_top")
     strip = reconstructions_across_epochs(run)
     return paths + ([strip] if strip else [])

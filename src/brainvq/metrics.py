@@ -137,6 +137,8 @@ class ReconstructionMeter:
     counts: torch.Tensor | None = None
     brain_region: str = ""
     codes: list[torch.Tensor] = field(default_factory=list)  # per-batch code maps, when kept
+    top_codes: list[torch.Tensor] = field(default_factory=list)  # two-level VQ-VAEs: the top maps
+    top_counts: torch.Tensor | None = None  # two-level VQ-VAEs: top code counts
 
     def update(
         self,
@@ -266,10 +268,18 @@ def evaluate_reconstructions(
         meter.update(output.recon.float(), images, output.indices, batch["subject"], batch.get("mask"))
         if keep_codes:
             meter.codes.append(output.indices.to(torch.int32).cpu())
+            if output.top_indices is not None:
+                meter.top_codes.append(output.top_indices.to(torch.int32).cpu())
+        if output.top_counts is not None:
+            top_counts = output.top_counts.detach().double().cpu()
+            meter.top_counts = top_counts if meter.top_counts is None else meter.top_counts + top_counts
     model.train(was_training)
     summary = meter.summary()
+    if meter.top_counts is not None:
+        summary["top_codes_used"], summary["top_perplexity"] = code_usage(meter.top_counts)
     if keep_codes:
         summary["codes"] = torch.cat(meter.codes)
+        summary["top_codes"] = torch.cat(meter.top_codes) if meter.top_codes else None
     return summary
 
 
@@ -297,8 +307,9 @@ def evaluate_prior(
         target = batch["codes"].to(device)
         num_slices = int(model.config.num_slices)  # type: ignore[union-attr, arg-type]
         condition = slice_condition(batch["slice"], num_slices, codes.split).to(device) if conditioned else None
+        context = batch["context"].to(device) if "context" in batch else None  # two-level: the top maps
         with autocast_context(device, autocast):
-            logits = model(target, condition)
+            logits = model(target, condition, context)
         meter.update(logits, target)
     model.train(was_training)
     return meter.summary()

@@ -16,10 +16,17 @@ from typing import Any
 import torch
 from PIL import Image
 
-from brainvq.codes import CodeMaps, check_image_size, encode_dataset
+from brainvq.codes import CodeMaps, check_image_size, decode_levels, encode_dataset, encode_levels
 from brainvq.config import Config
 from brainvq.data import SliceDataset, available_splits, check_data_root, is_oasis_root, load_split, scan_split
-from brainvq.devices import autocast_dtype, barrier, inference_precision, is_main_process, resolve_device
+from brainvq.devices import (
+    autocast_dtype,
+    barrier,
+    inference_precision,
+    is_main_process,
+    limit_heap_growth,
+    resolve_device,
+)
 from brainvq.errors import RunError
 from brainvq.figures import all_training_figures, image_grid, reconstruction_grid
 from brainvq.files import remove_owned
@@ -35,7 +42,7 @@ from brainvq.runs import (
     stage_checkpoint,
 )
 from brainvq.sample import sample
-from brainvq.train import train_prior, train_vqvae
+from brainvq.train import PRIOR_STAGES, run_prior_levels, train_prior, train_vqvae
 
 
 def _open_split(data_root: str | Path, split: str, *, masks: bool = False) -> SliceDataset:
@@ -56,6 +63,7 @@ def encode_run(
 ) -> dict[str, Any]:
     """Encode ``splits`` of ``data_root`` with the run's VQ-VAE into ``RUN/codes/{split}.pt``; each file
     records the hash of the VQ-VAE checkpoint that made it."""
+    limit_heap_growth()
     loaded = load_run(run_root, device)
     precision = inference_precision(loaded.device, precision)
     result: dict[str, Any] = {}
@@ -76,6 +84,7 @@ def encode_run(
         result[split] = {
             "maps": len(codes),
             "shape": list(codes.indices.shape[1:]),
+            "top_shape": list(codes.top_indices.shape[1:]) if codes.top_indices is not None else None,
             "path": str(loaded.root.code_file(split)),
             "seconds": time.perf_counter() - started,
             "precision": precision,
@@ -99,6 +108,7 @@ def evaluate_run(
     Streams the split in batches; the prior is scored on the code maps of this same pass. Runs at
     the precision that fits the device it runs on (``precision`` overrides), stated in the result.
     """
+    limit_heap_growth()
     loaded = load_run(run_root, device)
     precision = inference_precision(loaded.device, precision)
     dataset = _open_split(data_root, split, masks=True)
@@ -106,30 +116,45 @@ def evaluate_run(
     started = time.perf_counter()
     dtype = autocast_dtype(precision)
     summary = evaluate_reconstructions(
-        loaded.vqvae, dataset, batch_size, dtype, keep_codes=loaded.prior is not None
+        loaded.vqvae,
+        dataset,
+        batch_size,
+        dtype,
+        keep_codes=loaded.prior is not None or loaded.top_prior is not None,
     )
     result: dict[str, Any] = {"split": split, "images": summary["images"]}
     for key in (
         "ssim", "ssim_seed", "psnr", "ms_ssim", "brain_ssim", "brain_psnr", "brain_images", "brain_region",
-        "codes_used", "perplexity",
+        "codes_used", "perplexity", "top_codes_used", "top_perplexity",
     ):  # fmt: skip
-        result[key] = summary.get(key)
+        if key in summary or not key.startswith("top_"):
+            result[key] = summary.get(key)
     result["ssim_seed_note"] = "tf.image.ssim(max_val=3) on [0,1] images, as in the seed report; not standard SSIM"
     result["psnr_note"] = "mean per-image PSNR, MSE floored at 8-bit quantisation noise (at most 58.9 dB)"
-    if loaded.prior is not None:
+    two_levels = loaded.levels == 2
+    if loaded.prior is not None or loaded.top_prior is not None:
         codes = CodeMaps(
             summary["codes"], dataset.subjects(), dataset.slice_indices(), split,
             loaded.config.model.num_embeddings, dataset.image_size, loaded.vqvae_hash,
+            summary.get("top_codes"), loaded.config.model.top_num_embeddings if two_levels else None,
         )  # fmt: skip
-        prior_metrics = evaluate_prior(
-            loaded.prior, codes, batch_size, loaded.config.prior.condition_on_slice, dtype
-        )
-        result.update(prior_metrics)
-    elif loaded.prior_problem:
-        result["prior_problem"] = loaded.prior_problem
+        if loaded.prior is not None:  # the one prior, or the bottom prior given the true top maps
+            prior_config = loaded.config.prior
+            result.update(evaluate_prior(loaded.prior, codes, batch_size, prior_config.condition_on_slice, dtype))
+        if loaded.top_prior is not None:
+            top_config = loaded.config.top_prior
+            top = evaluate_prior(
+                loaded.top_prior, codes.level("top"), batch_size, top_config.condition_on_slice, dtype
+            )
+            result.update({f"top_{key}": value for key, value in top.items()})
+    for problem in (loaded.prior_problem, loaded.top_prior_problem):
+        if problem:
+            result.setdefault("prior_problem", problem)
     result["per_subject_ssim"] = summary.get("per_subject_ssim")
     result["precision"], result["device"] = precision, str(loaded.device)
     result["vqvae_hash"], result["prior_hash"] = loaded.vqvae_hash, loaded.prior_hash
+    if two_levels:
+        result["levels"], result["top_prior_hash"] = 2, loaded.top_prior_hash
     result["seconds"] = time.perf_counter() - started
     if is_main_process():
         atomic_write_json(loaded.root.metrics / f"evaluate_{split}.json", result)
@@ -144,7 +169,7 @@ def _reconstruction_figure(loaded: LoadedRun, dataset: Any, split: str, device: 
 
     picks = snapshot_indices(dataset)[:6]
     images = dataset.images(picks).to(device)
-    recon = loaded.vqvae.decode(loaded.vqvae.encode(images)).float().cpu()
+    recon = decode_levels(loaded.vqvae, *encode_levels(loaded.vqvae, images)).float().cpu()
     return reconstruction_grid(
         images.cpu(),
         recon,
@@ -208,6 +233,8 @@ def sample_run(
         "slices": result.slices,
         "device": str(device_),
         "code_shape": list(loaded.code_shape),
+        "top_code_shape": list(loaded.top_code_shape) if loaded.levels == 2 else None,
+        "top_prior_hash": loaded.top_prior_hash,
         "grid": str(grid),
         "images": paths,
         "vqvae_hash": loaded.vqvae_hash,
@@ -222,7 +249,7 @@ def sample_run(
 def _checkpoint_hashes(run: RunDir) -> dict[str, str | None]:
     return {
         stage: file_hash(stage_checkpoint(run, stage)) if run.has_stage(stage) else None
-        for stage in ("vqvae", "prior")
+        for stage in ("vqvae", "prior", "prior_top")
     }
 
 
@@ -239,7 +266,10 @@ def _completed(run: RunDir) -> list[str]:
     done, recorded, current = list(record.get("completed", [])), record.get("hashes", {}), _checkpoint_hashes(run)
     if "train-vqvae" in done and (current["vqvae"] is None or recorded.get("vqvae") != current["vqvae"]):
         return ["train-vqvae"] if current["vqvae"] is not None else []
-    if "train-prior" in done and (current["prior"] is None or recorded.get("prior") != current["prior"]):
+    priors_changed = current["prior"] is None or any(
+        recorded.get(stage) != current[stage] for stage in ("prior", "prior_top")
+    )
+    if "train-prior" in done and priors_changed:
         return [s for s in done if s in ("train-vqvae", "encode")]
     return done
 
@@ -251,10 +281,10 @@ def _mark(run: RunDir, stage: str) -> None:
     atomic_write_json(run.root / "pipeline.json", {"completed": done, "hashes": _checkpoint_hashes(run)})
 
 
-def _prior_is_current(run: RunDir) -> bool:
-    if not run.has_stage("prior") or not run.has_stage("vqvae"):
+def _prior_is_current(run: RunDir, stage: str = "prior") -> bool:
+    if not run.has_stage(stage) or not run.has_stage("vqvae"):
         return False
-    made_by = load_checkpoint(run.checkpoint("prior", "last")).get("vqvae_hash")
+    made_by = load_checkpoint(run.checkpoint(stage, "last")).get("vqvae_hash")
     return bool(made_by == file_hash(stage_checkpoint(run, "vqvae")))
 
 
@@ -307,9 +337,15 @@ def run_pipeline(
     stage("encode", lambda: encode_run(run.root, data_root, encode_splits, device=device))
 
     def prior_stage() -> dict[str, Any]:
-        current = _prior_is_current(run)  # a prior made for an older VQ-VAE starts over
-        stale = run.has_stage("prior") and not current
-        return train_prior(config, run.root, resume=current, force=stale, progress=progress)
+        results = {}
+        for level in run_prior_levels(run.root, "all"):  # two-level runs: the top prior, then the bottom
+            name = PRIOR_STAGES[level]
+            current = _prior_is_current(run, name)  # a prior made for an older VQ-VAE starts over
+            stale = run.has_stage(name) and not current
+            results[level] = train_prior(
+                config, run.root, resume=current, force=stale, progress=progress, level=level
+            )
+        return results["bottom"] if len(results) == 1 else results
 
     stage(
         "train-prior",
@@ -353,7 +389,18 @@ def headline(run_root: str | Path) -> dict[str, Any]:
             data = json.loads(path.read_text())
             result[split] = {
                 k: data.get(k)
-                for k in ("images", "ssim", "psnr", "ms_ssim", "codes_used", "prior_nll_bits", "prior_accuracy")
+                for k in (
+                    "images",
+                    "ssim",
+                    "psnr",
+                    "ms_ssim",
+                    "codes_used",
+                    "prior_nll_bits",
+                    "prior_accuracy",
+                    "top_prior_nll_bits",
+                    "top_prior_accuracy",
+                )
+                if k in data
             }
     path = run.metrics / "sampling.json"
     if path.is_file():

@@ -25,6 +25,9 @@ METRIC_ROWS = [
     ("perplexity", "code perplexity", "{:.1f}"),
     ("prior_accuracy", "prior accuracy", "{:.4f}"),
     ("prior_nll_bits", "prior NLL (bits per code)", "{:.4f}"),
+    ("top_codes_used", "top codes used (two levels)", "{:d}"),
+    ("top_prior_accuracy", "top prior accuracy (two levels)", "{:.4f}"),
+    ("top_prior_nll_bits", "top prior NLL (bits per top code)", "{:.4f}"),
 ]
 
 FIGURES = [
@@ -33,7 +36,8 @@ FIGURES = [
     ("reconstructions_validate.png", "Reconstructions (validate)"),
     ("reconstructions_test.png", "Reconstructions (test)"),
     ("reconstructions_across_epochs.png", "Reconstructions across epochs"),
-    ("prior_curves.png", "Prior NLL and accuracy"),
+    ("prior_curves.png", "Prior NLL and accuracy (the bottom prior of a two-level run)"),
+    ("prior_top_curves.png", "Top prior NLL and accuracy (two-level runs)"),
 ]
 
 REALISM_KEYS = [
@@ -78,6 +82,7 @@ def _metrics_table(run: RunDir) -> str:
         + "".join(f"<td>{_format(m.get(key), pattern)}</td>" for m in splits.values())
         + "</tr>"
         for key, label, pattern in METRIC_ROWS
+        if not key.startswith("top_") or any(key in m for m in splits.values())  # two-level rows when present
     )
     note = (
         '<p class="sub">– : not computed (MS-SSIM needs images of 176 pixels a side or more; prior '

@@ -4,6 +4,7 @@ A run directory holds everything one experiment produces::
 
     RUN/config.yaml          resolved config
     RUN/checkpoints/         vqvae-last.ckpt, vqvae-best.ckpt, prior-last.ckpt, prior-best.ckpt
+                             (two-level runs: prior-* is the bottom prior, prior_top-* the top one)
     RUN/codes/               code maps per split (train.pt, validate.pt, ...)
     RUN/logs/                CSV and TensorBoard logs per stage
     RUN/metrics/             JSON metrics (evaluation, sampling speed)
@@ -141,20 +142,22 @@ class RunDir:
             )
         self.claim()
         if force and not resume:
-            stale = [stage, "prior"] if stage == "vqvae" else [stage]
+            stale = [stage, "prior", "prior_top"] if stage == "vqvae" else [stage]
             for name in stale:
                 for which in ("last", "best"):
                     self.checkpoint(name, which).unlink(missing_ok=True)
                 for kind in ("csv", "tensorboard"):
                     shutil.rmtree(self.logs / kind / name, ignore_errors=True)
-            derived = {"vqvae": DERIVED, "prior": PRIOR_DERIVED}.get(stage, ("judge.json", "cache"))
+            derived = {"vqvae": DERIVED, "prior": PRIOR_DERIVED, "prior_top": PRIOR_DERIVED}.get(
+                stage, ("judge.json", "cache")
+            )
             for name in derived:
                 path = self.root / name
                 if path.is_dir():
                     shutil.rmtree(path)
                 else:
                     path.unlink(missing_ok=True)
-            if stage == "prior":
+            if stage in ("prior", "prior_top"):
                 for path in self.metrics.glob("evaluate_*.json"):
                     path.unlink()
         for folder in (self.checkpoints, self.logs, self.metrics, self.figures):
@@ -174,6 +177,26 @@ class LoadedRun:
     prior_hash: str | None = None
     prior_problem: str | None = None  # why ``prior`` is None although a prior checkpoint exists
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    top_prior: Any | None = None  # two-level runs: the transformer (or other) prior of the top map
+    top_prior_hash: str | None = None
+    top_prior_problem: str | None = None
+
+    @property
+    def levels(self) -> int:
+        return int(self.config.model.levels)
+
+    def require_top_prior(self) -> Any:
+        """The top map's prior of a two-level run, or a RunError saying why there is none."""
+        if self.top_prior is None:
+            raise RunError(
+                self.top_prior_problem
+                or f"{self.root.root}: this two-level run has no trained top prior (run `brainvq train-prior`)"
+            )
+        return self.top_prior
+
+    @property
+    def top_code_shape(self) -> tuple[int, int]:
+        return self.vqvae.top_code_shape(self.image_size)
 
     def require_prior(self) -> Any:
         """The prior, or a RunError saying why there is none (not trained, or made for another VQ-VAE)."""
@@ -216,7 +239,7 @@ def load_run(path: str | Path, device: str | torch.device = "auto") -> LoadedRun
     """
     from brainvq.config import config_from_dict
     from brainvq.devices import resolve_device
-    from brainvq.models import VQVAE, build_prior
+    from brainvq.models import build_vqvae
 
     device = resolve_device(device)
     run = RunDir(path)
@@ -227,38 +250,57 @@ def load_run(path: str | Path, device: str | torch.device = "auto") -> LoadedRun
     vqvae_path = stage_checkpoint(run, "vqvae")
     state = load_checkpoint(vqvae_path)
     config = config_from_dict(state["config"])
-    vqvae = VQVAE(config.model)
+    vqvae = build_vqvae(config.model)
     load_module_state(vqvae, vqvae_path, state)
     image_size = tuple(state.get("image_size") or _image_size(state))
     vqvae_hash = file_hash(vqvae_path)
-    prior, prior_hash, prior_problem = None, None, None
-    if run.has_stage("prior"):
-        prior_path = stage_checkpoint(run, "prior")
-        prior_state = load_checkpoint(prior_path)
-        made_by = prior_state.get("vqvae_hash")
-        if made_by != vqvae_hash:
-            prior_problem = (
-                f"{prior_path}: stale prior, trained on code maps of VQ-VAE checkpoint {made_by or 'unknown'}, "
-                f"but the run's VQ-VAE is now {vqvae_hash}; run `brainvq encode` and "
-                "`brainvq train-prior --force` again"
-            )
-        else:
-            prior_hash = file_hash(prior_path)
-            prior_config = config_from_dict(prior_state["config"])
-            if prior_config.model.num_embeddings != config.model.num_embeddings:
-                raise RunError(
-                    f"{prior_path}: prior has {prior_config.model.num_embeddings} codes, the VQ-VAE "
-                    f"{config.model.num_embeddings}"
-                )
-            prior = build_prior(prior_config.prior, config.model.num_embeddings)
-            load_module_state(prior, prior_path, prior_state)
-            config.prior, config.prior_train = prior_config.prior, prior_config.prior_train
-            prior = prior.to(device).eval()
+    prior, prior_hash, prior_problem = _load_prior(run, "prior", config, vqvae_hash, device)
+    top_prior, top_hash, top_problem = None, None, None
+    if config.model.levels == 2:
+        top_prior, top_hash, top_problem = _load_prior(run, "prior_top", config, vqvae_hash, device)
     if config.fabric.channels_last:
         vqvae = vqvae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return LoadedRun(
-        run, config, vqvae.to(device).eval(), prior, image_size, vqvae_hash, prior_hash, prior_problem, device
+        run, config, vqvae.to(device).eval(), prior, image_size, vqvae_hash, prior_hash, prior_problem, device,
+        top_prior, top_hash, top_problem,
+    )  # fmt: skip
+
+
+def _load_prior(
+    run: RunDir, stage: str, config: Any, vqvae_hash: str, device: torch.device
+) -> tuple[Any | None, str | None, str | None]:
+    """(prior, its checkpoint hash, why it was not loaded) for stage ``prior`` or ``prior_top``;
+    copies the prior's config sections into ``config``."""
+    from brainvq.config import config_from_dict
+    from brainvq.models import build_prior
+
+    if not run.has_stage(stage):
+        return None, None, None
+    prior_path = stage_checkpoint(run, stage)
+    prior_state = load_checkpoint(prior_path)
+    made_by = prior_state.get("vqvae_hash")
+    if made_by != vqvae_hash:
+        problem = (
+            f"{prior_path}: stale prior, trained on code maps of VQ-VAE checkpoint {made_by or 'unknown'}, "
+            f"but the run's VQ-VAE is now {vqvae_hash}; run `brainvq encode` and "
+            "`brainvq train-prior --force` again"
+        )
+        return None, None, problem
+    prior_config = config_from_dict(prior_state["config"])
+    top = stage == "prior_top"
+    size, saved = (
+        (config.model.top_num_embeddings, prior_config.model.top_num_embeddings)
+        if top
+        else (config.model.num_embeddings, prior_config.model.num_embeddings)
     )
+    if size != saved:
+        raise RunError(f"{prior_path}: prior has {saved} codes, the VQ-VAE {size}")
+    section, train_section = ("top_prior", "top_prior_train") if top else ("prior", "prior_train")
+    prior = build_prior(getattr(prior_config, section), size)
+    load_module_state(prior, prior_path, prior_state)
+    setattr(config, section, getattr(prior_config, section))
+    setattr(config, train_section, getattr(prior_config, train_section))
+    return prior.to(device).eval(), file_hash(prior_path), None
 
 
 def _image_size(state: dict[str, Any]) -> tuple[int, int]:

@@ -12,6 +12,11 @@ Two samplers draw the same maps for the same model, seed and temperature:
   full pass up to float rounding (compare Ramachandran et al. 2017, "Fast Generation for
   Convolutional Autoregressive Models", which caches per layer in the same spirit).
 
+The transformer prior (the top map of a two-level run) is sampled with a key/value cache
+(:class:`KVSampler`): each new position attends to the cached keys and values of the positions
+before it, one position of work per code instead of a full pass. For a two-level run the top map is
+drawn first, then the bottom map with the bottom prior conditioned on it, then both are decoded.
+
 Draws use the Gumbel-max trick with noise from a seeded CPU ``torch.Generator``, so both
 samplers consume identical random numbers and a draw only changes if float rounding moves the
 top two perturbed logits past each other.
@@ -27,17 +32,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from brainvq.codes import slice_condition
+from brainvq.codes import decode_levels, slice_condition
 from brainvq.devices import resolve_device
 from brainvq.errors import RunError
-from brainvq.models.pixelcnn import Prior, State
+from brainvq.models.pixelcnn import Prior, StagedPrior, State
+from brainvq.models.transformer import TransformerPrior
 
 
 @dataclass
 class SampleResult:
     """Generated code maps and images, with what made them."""
 
-    codes: torch.Tensor  # (N, h, w) int64
+    codes: torch.Tensor  # (N, h, w) int64 (the bottom map of a two-level run)
     images: torch.Tensor  # (N, 1, H, W) float in [0, 1]
     slices: list[int] | None
     seconds: float
@@ -47,6 +53,7 @@ class SampleResult:
     seed: int
     temperature: float
     paths: list[str] = field(default_factory=list)
+    top_codes: torch.Tensor | None = None  # (N, h/t, w/t) int64, two-level runs only
 
 
 def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -70,26 +77,46 @@ def _crop(state: State, rows: slice, cols: slice) -> State:
     return _apply(state, lambda t: t[:, :, rows, cols])
 
 
+def _context_crop(features: torch.Tensor | None, rows: slice, cols: slice) -> torch.Tensor | None:
+    return None if features is None else features[:, :, rows, cols]
+
+
 def window_logits(
-    prior: Prior, codes: torch.Tensor, i: int, j: int, condition: torch.Tensor | None
+    prior: StagedPrior,
+    codes: torch.Tensor,
+    i: int,
+    j: int,
+    condition: torch.Tensor | None,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits (B, K) at (i, j), computed on the causal window around it without any cache (exact).
 
     A reference for :class:`RowCache` and a one-off query: it recomputes rows above ``i`` too.
+    ``context`` holds the top codes of a two-level run.
     """
     width = codes.shape[2]
     radius = prior.receptive_radius
+    features = prior.context_features(context)
     top, left = max(0, i - radius), max(0, j - radius)
     state = prior.embed(codes[:, top : i + 1, left : min(width, j + radius + 1)], (top, left))
     row, col, remaining = i - top, j - left, radius
     for stage in prior.stages:
-        state = stage(state, condition)
+        height, breadth = _size(state)
+        state = stage(
+            state, condition, _context_crop(features, slice(top, top + height), slice(left, left + breadth))
+        )
         remaining -= int(stage.radius)  # type: ignore[arg-type]
         first_row, first_col = max(0, row - remaining), max(0, col - remaining)
         state = _crop(state, slice(first_row, row + 1), slice(first_col, col + remaining + 1))
         row, col = row - first_row, col - first_col
+        top, left = top + first_row, left + first_col
     assert isinstance(state, torch.Tensor)
     return state[:, :, row, col]
+
+
+def _size(state: State) -> tuple[int, int]:
+    tensor = state[0] if isinstance(state, tuple) else state
+    return int(tensor.shape[2]), int(tensor.shape[3])
 
 
 class RowCache:
@@ -101,8 +128,15 @@ class RowCache:
     cache: a strip of ``radius + 1`` rows per stage instead of the whole map.
     """
 
-    def __init__(self, prior: Prior, codes: torch.Tensor, condition: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        prior: StagedPrior,
+        codes: torch.Tensor,
+        condition: torch.Tensor | None,
+        context: torch.Tensor | None = None,
+    ) -> None:
         self.prior, self.codes, self.condition = prior, codes, condition
+        self.features = prior.context_features(context)  # the whole map's context, computed once
         self.width = codes.shape[2]
         self.radii = [int(stage.radius) for stage in prior.stages]  # type: ignore[arg-type]
         self.after = [sum(self.radii[index + 1 :]) for index in range(len(self.radii))]
@@ -118,7 +152,7 @@ class RowCache:
             if j is None:
                 self._store(index, i, current)
             cached = self.inputs[index]
-            above = max(0, i - self.radii[index])
+            above, start = max(0, i - self.radii[index]), i
             if cached is not None and above < i:
                 rows = _crop(cached, slice(above, i), slice(first, last))
                 if isinstance(rows, tuple):
@@ -126,7 +160,9 @@ class RowCache:
                     current = (torch.cat([rows[0], current[0]], 2), torch.cat([rows[1], current[1]], 2))
                 else:
                     current = torch.cat([rows, current], 2)  # type: ignore[list-item]
-            output = stage(current, self.condition)
+                start = above
+            context = _context_crop(self.features, slice(start, i + 1), slice(first, last))
+            output = stage(current, self.condition, context)
             new_first, new_last = self._columns(self.after[index], j)
             current = _crop(output, slice(-1, None), slice(new_first - first, new_last - first))
             first, last = new_first, new_last
@@ -155,6 +191,37 @@ class RowCache:
         self._row(i, None)
 
 
+class KVSampler:
+    """Incremental evaluation of the transformer prior with a key/value cache, with the same
+    ``logits(i, j)`` / ``finish_row(i)`` interface as :class:`RowCache`. Positions that were not asked
+    for (kept codes, when completing or healing a map) are fed the next time logits are needed."""
+
+    def __init__(self, prior: TransformerPrior, codes: torch.Tensor, condition: torch.Tensor | None) -> None:
+        self.prior, self.codes, self.condition = prior, codes, condition
+        self.width = codes.shape[2]
+        self.cache = prior.new_cache()
+
+    def logits(self, i: int, j: int) -> torch.Tensor:
+        """Logits (B, K) at (i, j); every position before it must hold its final code."""
+        flat = self.codes.view(self.codes.shape[0], -1)  # (B, h, w) -> (B, T), a view of the live map
+        return self.prior.step(flat, i * self.width + j, self.cache, self.condition)
+
+    def finish_row(self, i: int) -> None:
+        """Nothing to do: keys and values are cached as positions are fed."""
+
+
+def fast_sampler(
+    prior: Prior, codes: torch.Tensor, condition: torch.Tensor | None, context: torch.Tensor | None
+) -> RowCache | KVSampler:
+    """The exact incremental sampler for ``prior``: a key/value cache for the transformer, the row
+    cache for the PixelCNNs."""
+    if isinstance(prior, TransformerPrior):
+        if context is not None:
+            raise ValueError("the transformer prior takes no context map")
+        return KVSampler(prior, codes, condition)
+    return RowCache(prior, codes, condition, context)
+
+
 @torch.no_grad()
 def sample_codes(
     prior: Prior,
@@ -164,6 +231,7 @@ def sample_codes(
     generator: torch.Generator | int = 0,
     temperature: float = 1.0,
     condition: torch.Tensor | None = None,
+    context: torch.Tensor | None = None,
     sampler: str = "fast",
     batch_size: int = 16,
     device: torch.device | str = "cpu",
@@ -172,14 +240,15 @@ def sample_codes(
     """Ancestral sampling in raster order from an all-zero map; returns codes (N, h, w) int64.
 
     ``generator`` is a CPU ``torch.Generator`` or a seed. ``condition`` holds one slice index per
-    sample when the prior is conditioned. Same prior, seed, temperature, batch size and device
-    give the same maps, with either sampler.
+    sample when the prior is conditioned; ``context`` the top codes (N, h/t, w/t) for the bottom
+    prior of a two-level run. Same prior, seed, temperature, batch size and device give the same
+    maps, with either sampler.
     """
     codes = torch.zeros(num_samples, *shape, dtype=torch.long)
     everywhere = torch.ones(num_samples, *shape, dtype=torch.bool)
     return resample_codes(
         prior, codes, everywhere, generator=generator, temperature=temperature, condition=condition,
-        sampler=sampler, batch_size=batch_size, device=device, progress=progress,
+        context=context, sampler=sampler, batch_size=batch_size, device=device, progress=progress,
     )  # fmt: skip
 
 
@@ -192,6 +261,7 @@ def resample_codes(
     generator: torch.Generator | int = 0,
     temperature: float = 1.0,
     condition: torch.Tensor | None = None,
+    context: torch.Tensor | None = None,
     sampler: str = "fast",
     batch_size: int = 16,
     device: torch.device | str = "cpu",
@@ -224,12 +294,17 @@ def resample_codes(
         batch = codes[start : start + batch_size].to(device=device, dtype=torch.long).clone()
         redraw = resample[start : start + batch_size].to(device)
         cond = condition[start : start + batch_size].to(device) if condition is not None else None
-        cache = RowCache(prior, batch, cond) if sampler == "fast" else None
+        top = (
+            context[start : start + batch_size].to(device=device, dtype=torch.long)
+            if context is not None
+            else None
+        )
+        cache = fast_sampler(prior, batch, cond, top) if sampler == "fast" else None
         for i in range(height):
             for j in range(width):
                 if not bool(redraw[:, i, j].any()):
                     continue
-                logits = cache.logits(i, j) if cache is not None else prior(batch, cond)[:, :, i, j]
+                logits = cache.logits(i, j) if cache is not None else prior(batch, cond, top)[:, :, i, j]
                 drawn = draw(logits, temperature, generator)
                 batch[:, i, j] = torch.where(redraw[:, i, j], drawn, batch[:, i, j])
                 bar.update(int(redraw[:, i, j].sum()))
@@ -255,6 +330,21 @@ def slice_conditions(num_samples: int, prior: Prior, slice_index: int | None) ->
     return spread.round().long()
 
 
+def _level_conditions(
+    num_samples: int, prior: Prior, top_prior: Prior | None, slice_index: int | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Slice conditions for the (bottom) prior and the top prior; with two levels, ``--slice`` needs
+    at least one of them to be slice-conditioned."""
+    if top_prior is None:
+        return slice_conditions(num_samples, prior, slice_index), None
+    conditioned = [p for p in (prior, top_prior) if p.config.condition_on_slice]
+    if slice_index is not None and not conditioned:
+        raise RunError("--slice needs a prior trained with prior.condition_on_slice=true")
+    bottom = slice_conditions(num_samples, prior, slice_index) if prior.config.condition_on_slice else None
+    top = slice_conditions(num_samples, top_prior, slice_index) if top_prior.config.condition_on_slice else None
+    return bottom, top
+
+
 @torch.no_grad()
 def sample(
     run: Any,
@@ -274,29 +364,36 @@ def sample(
     prior = run.require_prior()
     device = resolve_device(device) if device is not None else run.device
     prior, vqvae = prior.to(device).eval(), run.vqvae.to(device).eval()
-    condition = slice_conditions(num_samples, prior, slice_index)
-    started = time.perf_counter()
-    codes = sample_codes(
-        prior,
-        num_samples,
-        run.code_shape,
-        generator=seed,
-        temperature=temperature,
-        condition=condition,
-        sampler=sampler,
-        batch_size=batch_size,
-        device=device,
+    two_levels = getattr(vqvae, "num_levels", 1) == 2
+    top_prior = run.require_top_prior().to(device).eval() if two_levels else None
+    condition, top_condition = _level_conditions(num_samples, prior, top_prior, slice_index)
+    generator = torch.Generator().manual_seed(seed)
+    options: dict[str, Any] = dict(
+        generator=generator, temperature=temperature, sampler=sampler, batch_size=batch_size, device=device,
         progress=progress,
-    )
+    )  # fmt: skip
+    started = time.perf_counter()
+    top = None
+    if top_prior is not None:  # the top map first, with global context
+        top = sample_codes(top_prior, num_samples, run.top_code_shape, condition=top_condition, **options)
+    codes = sample_codes(prior, num_samples, run.code_shape, condition=condition, context=top, **options)
     sampled = time.perf_counter()
     images = torch.cat(
-        [vqvae.decode(codes[s : s + batch_size].to(device)).cpu() for s in range(0, num_samples, batch_size)]
+        [
+            decode_levels(
+                vqvae,
+                codes[s : s + batch_size].to(device),
+                top[s : s + batch_size].to(device) if top is not None else None,
+            ).cpu()
+            for s in range(0, num_samples, batch_size)
+        ]
     )
     finished = time.perf_counter()
     return SampleResult(
+        top_codes=top,
         codes=codes,
         images=images,
-        slices=condition.tolist() if condition is not None else None,
+        slices=next((c.tolist() for c in (condition, top_condition) if c is not None), None),
         seconds=finished - started,
         sampling_seconds=sampled - started,
         decoding_seconds=finished - sampled,

@@ -59,7 +59,7 @@ from brainvq.metrics import (
     ssim_per_image,
 )
 from brainvq.models.pixelcnn import build_prior
-from brainvq.models.vqvae import VQVAE
+from brainvq.models.vqvae import build_vqvae
 from brainvq.runs import RunDir, atomic_torch_save, atomic_write_json, file_hash, load_checkpoint, stage_checkpoint
 
 CHECKPOINT_FORMAT = "brainvq-checkpoint-v1"
@@ -232,7 +232,7 @@ class VQVAETask(SliceTask):
         self.epoch_counts = torch.zeros(config.model.num_embeddings, dtype=torch.float64)
 
     def build_model(self) -> nn.Module:
-        model = VQVAE(self.config.model)
+        model = build_vqvae(self.config.model)
         model.code_shape(self.train_set.image_size)
         return model
 
@@ -253,6 +253,8 @@ class VQVAETask(SliceTask):
             "vq_loss": output.vq_loss.item(),
             "perplexity": output.perplexity.item(),
         }
+        if output.top_perplexity is not None:
+            logs["top_perplexity"] = output.top_perplexity.item()
         return StepOutput(loss, logs, output.counts.detach())
 
     def on_step(self, output: StepOutput) -> None:
@@ -310,22 +312,36 @@ def snapshot_indices(dataset: SliceDataset) -> list[int]:
 
 
 class PriorTask(Task):
-    """Trains the PixelCNN prior on the train split's code maps; validates accuracy and NLL (bits/code)."""
+    """Trains a prior on the train split's code maps; validates accuracy and NLL (bits/code).
 
-    stage = "prior"
+    ``level``: ``bottom`` (the one map of a one-level run, or the bottom map of a two-level run,
+    conditioned on its top map; stage ``prior``) or ``top`` (the top map; stage ``prior_top``,
+    configured by ``top_prior`` and ``top_prior_train``).
+    """
+
     best_metric = "val_prior_nll_bits"
     best_mode = "min"
 
-    def __init__(self, config: Config, train: TrainConfig, train_codes: CodeMaps, val_codes: CodeMaps | None):
+    def __init__(
+        self,
+        config: Config,
+        train: TrainConfig,
+        train_codes: CodeMaps,
+        val_codes: CodeMaps | None,
+        level: str = "bottom",
+    ):
         super().__init__(config, train)
-        self.train_codes, self.val_codes = train_codes, val_codes
-        if config.prior.condition_on_slice:
-            slice_condition(train_codes.slices, config.prior.num_slices, f"{train_codes.split} code maps")
-            if val_codes is not None:
-                slice_condition(val_codes.slices, config.prior.num_slices, f"{val_codes.split} code maps")
+        self.level, self.stage = level, PRIOR_STAGES[level]
+        self.prior_config = config.top_prior if level == "top" else config.prior
+        self.train_codes = train_codes.level(level)
+        self.val_codes = val_codes.level(level) if val_codes is not None else None
+        if self.prior_config.condition_on_slice:
+            for codes in (self.train_codes, self.val_codes):
+                if codes is not None:
+                    slice_condition(codes.slices, self.prior_config.num_slices, f"{codes.split} code maps")
 
     def build_model(self) -> nn.Module:
-        return build_prior(self.config.prior, self.config.model.num_embeddings)
+        return build_prior(self.prior_config, self.train_codes.num_embeddings)
 
     def train_size(self) -> int:
         return len(self.train_codes)
@@ -334,13 +350,13 @@ class PriorTask(Task):
         return self.train_codes.batch(indices)
 
     def provenance(self) -> dict[str, Any]:
-        return {"vqvae_hash": self.train_codes.vqvae_hash}
+        return {"vqvae_hash": self.train_codes.vqvae_hash, "level": self.level}
 
     def _condition(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        return batch["slice"] if self.config.prior.condition_on_slice else None  # checked in __init__
+        return batch["slice"] if self.prior_config.condition_on_slice else None  # checked in __init__
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        logits = model(batch["codes"], self._condition(batch))
+        logits = model(batch["codes"], self._condition(batch), batch.get("context"))
         loss = F.cross_entropy(logits.float(), batch["codes"])
         return StepOutput(loss, {"loss": loss.item(), "bits_per_code": loss.item() / math.log(2)})
 
@@ -353,13 +369,16 @@ class PriorTask(Task):
         meter = PriorMeter()
         if indices:
             evaluate_prior(
-                model, self.val_codes, self.train_config.val_batch_size, self.config.prior.condition_on_slice,
+                model, self.val_codes, self.train_config.val_batch_size, self.prior_config.condition_on_slice,
                 autocast_dtype(self.config.fabric.precision), indices=indices, meter=meter,
             )  # fmt: skip
         return meter.statistics()
 
     def validation_metrics(self, statistics: dict[str, torch.Tensor]) -> dict[str, float]:
         return {f"val_{k}": v for k, v in PriorMeter.from_statistics(statistics).items()}
+
+
+PRIOR_STAGES = {"bottom": "prior", "top": "prior_top"}  # level -> stage (checkpoint and log names)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -690,8 +709,8 @@ def resumed_config(
     config = apply_overrides(config_from_dict(data), list(overrides))
     before, after = _flatten(saved.to_dict()), _flatten(config.to_dict())
     changed = [f"{key}: {before[key]!r} -> {after[key]!r}" for key in after if after[key] != before.get(key)]
-    frozen = [line for line in changed if line.startswith(("model.", "prior."))]
-    if frozen and not (stage == "vqvae" and all(line.startswith("prior.") for line in frozen)):
+    frozen = [line for line in changed if line.startswith(("model.", "prior.", "top_prior."))]
+    if frozen and not (stage == "vqvae" and all(line.startswith(("prior.", "top_prior.")) for line in frozen)):
         raise RunError(f"{path}: cannot change the architecture of a run on resume ({frozen[0]})")
     return config, changed
 
@@ -726,7 +745,7 @@ def _check_resume(run: RunDir, stage: str, config: Config, resume: bool) -> None
         return
     path = resume_checkpoint(run, stage)
     saved = config_from_checkpoint(path)
-    section = "model" if stage == "vqvae" else "prior"
+    section = {"vqvae": "model", "prior": "prior", "prior_top": "top_prior"}[stage]
     if getattr(saved, section) != getattr(config, section):
         raise RunError(
             f"{path}: the {section} config differs from the checkpoint's; resume with the run's own config "
@@ -790,35 +809,87 @@ def fabric_config_check(config: Config) -> None:
 
 
 def train_prior(
-    config: Config, run_root: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True
+    config: Config,
+    run_root: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    level: str = "all",
 ) -> dict[str, Any]:
-    """Train (or resume) the prior of run ``run_root`` on its stored code maps.
+    """Train (or resume) the prior(s) of run ``run_root`` on its stored code maps.
 
-    The code maps must come from the run's current VQ-VAE checkpoint (their recorded hash is
-    checked); the prior's checkpoints record that hash too, so later stages can tell a stale prior.
+    ``level``: ``all`` (default: the one prior of a one-level run; the top, then the bottom prior of
+    a two-level run), ``top`` or ``bottom``. The code maps must come from the run's current VQ-VAE
+    checkpoint (their recorded hash is checked); each prior's checkpoints record that hash too, so
+    later stages can tell a stale prior. Returns the summary of the last level trained, with the
+    summaries of both levels under ``levels`` for two-level runs.
     """
     run = RunDir(run_root)
     if not run.has_stage("vqvae"):
         raise RunError(f"{run.root}: no trained VQ-VAE (run `brainvq train-vqvae` first)")
     vqvae_path = stage_checkpoint(run, "vqvae")
-    vqvae_hash = file_hash(vqvae_path)
     config.model = config_from_checkpoint(vqvae_path).model
+    levels = prior_levels(config, level)
+    summaries = {
+        name: _train_prior_level(config, run, vqvae_path, name, resume, force, progress) for name in levels
+    }
+    summary = dict(summaries[levels[-1]])
+    if config.model.levels == 2:
+        summary["levels"] = summaries
+    return summary
+
+
+def run_prior_levels(run_root: str | Path, level: str) -> list[str]:
+    """The prior levels ``--level`` names for the run's trained VQ-VAE, top before bottom."""
+    run = RunDir(run_root)
+    if not run.has_stage("vqvae"):
+        raise RunError(f"{run.root}: no trained VQ-VAE (run `brainvq train-vqvae` first)")
+    return prior_levels(config_from_checkpoint(stage_checkpoint(run, "vqvae")), level)
+
+
+def prior_levels(config: Config, level: str) -> list[str]:
+    """The levels ``--level`` names for this run's VQ-VAE, top before bottom."""
+    if level not in ("all", "top", "bottom"):
+        raise RunError(f"--level must be all, top or bottom, got {level!r}")
+    if config.model.levels == 1:
+        if level == "top":
+            raise RunError("this run's VQ-VAE has one level: there is no top prior (use --level all)")
+        return ["bottom"]
+    return ["top", "bottom"] if level == "all" else [level]
+
+
+def _train_prior_level(
+    config: Config, run: RunDir, vqvae_path: Path, level: str, resume: bool, force: bool, progress: bool
+) -> dict[str, Any]:
+    vqvae_hash = file_hash(vqvae_path)
+    stage = PRIOR_STAGES[level]
     train_path = run.code_file(config.data.train_split)
     train_codes = CodeMaps.load(train_path).check_made_by(vqvae_hash, train_path)
-    config.prior.code_height, config.prior.code_width = (int(n) for n in train_codes.indices.shape[1:])
-    _check_resume(run, "prior", config, resume)
+    _fill_code_shapes(config, train_codes)
+    _check_resume(run, stage, config, resume)
     val_path = run.code_file(config.data.val_split) if config.data.val_split else None
     val_codes = None
     if val_path is not None and val_path.is_file():
         val_codes = CodeMaps.load(val_path).check_made_by(vqvae_hash, val_path)
     fabric_config_check(config)
-    task = PriorTask(config, config.prior_train, train_codes, val_codes)
+    train_config = config.top_prior_train if level == "top" else config.prior_train
+    task = PriorTask(config, train_config, train_codes, val_codes, level)
     if is_main_process():
-        run.prepare_stage("prior", resume=resume, force=force)
-    fabric = make_fabric(config.fabric, stage_loggers(run, "prior"))
+        run.prepare_stage(stage, resume=resume, force=force)
+    fabric = make_fabric(config.fabric, stage_loggers(run, stage))
     if fabric.is_global_zero:
         save_config(config, run.config)
-    return launch_task(fabric, task, run, resume, progress, {"vqvae_hash": vqvae_hash})
+    return launch_task(fabric, task, run, resume, progress, {"vqvae_hash": vqvae_hash, "level": level})
+
+
+def _fill_code_shapes(config: Config, codes: CodeMaps) -> None:
+    """Write the code-map sizes (and, for two levels, the bottom prior's context) into the prior configs."""
+    config.prior.code_height, config.prior.code_width = (int(n) for n in codes.indices.shape[1:])
+    if codes.top_indices is not None:
+        config.top_prior.code_height, config.top_prior.code_width = (int(n) for n in codes.top_indices.shape[1:])
+        config.prior.context_num_embeddings = config.model.top_num_embeddings
+        config.prior.context_factor = config.model.top_downsample
 
 
 def config_from_checkpoint(path: Path) -> Config:

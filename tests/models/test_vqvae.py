@@ -51,3 +51,65 @@ def test_bad_downsample_and_sizes() -> None:
         _model(downsample=3)
     with pytest.raises(ValueError, match="not divisible"):
         _model().code_shape((30, 32))
+
+
+# ----------------------------------------------------------------------------- two levels (issue 11)
+def _two_level(top_downsample: int = 2, **kwargs: object) -> torch.nn.Module:
+    from brainvq.models.vqvae import build_vqvae
+
+    config = ModelConfig(
+        hidden_channels=16, residual_hidden_channels=8, embedding_dim=8, num_embeddings=32,
+        levels=2, top_downsample=top_downsample, top_num_embeddings=16, **kwargs,
+    )  # type: ignore[arg-type]  # fmt: skip
+    return build_vqvae(config)
+
+
+@pytest.mark.parametrize("top_downsample", [2, 4])
+def test_two_level_shapes(top_downsample: int) -> None:
+    model = _two_level(top_downsample)
+    output = model(torch.rand(2, 1, 64, 64))
+    assert output.recon.shape == (2, 1, 64, 64) and output.indices.shape == (2, 16, 16)
+    assert output.top_indices is not None and output.top_indices.shape == (
+        2,
+        16 // top_downsample,
+        16 // top_downsample,
+    )
+    assert output.top_counts is not None and output.top_counts.shape == (16,)
+    assert model.code_shape((64, 64)) == (16, 16)
+    assert model.top_code_shape((64, 64)) == (16 // top_downsample, 16 // top_downsample)
+    with pytest.raises(ValueError, match="divisible"):
+        model.code_shape((64, 60))
+
+
+@pytest.mark.parametrize("output", ["clamp", "sigmoid"])
+def test_two_level_decode_of_encode_equals_forward_in_eval(output: str) -> None:
+    torch.manual_seed(0)
+    model = _two_level(output=output)
+    model.train()
+    model(torch.rand(4, 1, 32, 32))  # initialise both codebooks from data
+    model.eval()
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        forward = model(x)
+    codes = model.encode(x)
+    assert torch.equal(codes.bottom, forward.indices) and torch.equal(codes.top, forward.top_indices)
+    torch.testing.assert_close(model.decode(codes), forward.recon, rtol=0, atol=1e-6)
+
+
+def test_the_decoder_reads_both_levels_and_the_bottom_sees_the_top() -> None:
+    torch.manual_seed(0)
+    model = _two_level()
+    model.train()
+    model(torch.rand(4, 1, 32, 32))
+    model.eval()
+    codes = model.encode(torch.rand(2, 1, 32, 32))
+    other_top = (codes.top + 1) % 16
+    changed = model.decode(type(codes)(other_top, codes.bottom))
+    assert not torch.allclose(changed, model.decode(codes))  # the top map reaches the image
+    # gradients: the bottom quantiser's input depends on the top encoder's output
+    x = torch.rand(1, 1, 32, 32)
+    features = model.encoder.features(x)
+    top = model.top_quantizer(model.top_encoder(features))
+    z = model.encoder.project(torch.cat([features, model.top_decoder(top.quantized)], 1))
+    z.sum().backward()
+    assert model.top_decoder.up[0].weight.grad is not None and model.top_decoder.up[0].weight.grad.abs().sum() > 0

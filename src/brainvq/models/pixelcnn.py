@@ -8,7 +8,13 @@ pair for the gated model) and an optional slice-index condition. This structure 
 
 References: van den Oord et al. 2016, "Pixel Recurrent Neural Networks" (masks A and B);
 van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders" (gated
-vertical/horizontal stacks without a blind spot, conditional biases).
+vertical/horizontal stacks without a blind spot, conditional biases; the location-dependent
+conditioning ``V * s`` of its eq. 5 is how the bottom prior of a two-level run reads the top map).
+
+In a two-level run (VQ-VAE-2, Razavi et al. 2019) the bottom prior is conditioned on the top code
+map: :class:`ContextNet` embeds the top codes and brings them to the bottom grid, and every stage
+adds a 1x1 projection of that context to its pre-activations. The context is known in full before
+sampling starts, so causality (and the sampler's row cache) are unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import nn
 
 from brainvq.config import PriorConfig
 from brainvq.models.layers import ConditionalBias, MaskedConv2d
+from brainvq.models.transformer import TransformerPrior
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -35,20 +42,64 @@ def _bias(
     return module(condition).to(like.dtype)  # keep bf16 activations bf16 under autocast
 
 
+def _spatial(module: nn.Conv2d | None, context: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | float:
+    """The projected context map (B, C, h, w), aligned with ``like``, or 0 for an unconditioned prior."""
+    if module is None:
+        return 0.0
+    if context is None:
+        raise ValueError("this prior is conditioned on a top code map: pass context=(B, h_top, w_top) codes")
+    return module(context.to(module.weight.dtype)).to(like.dtype)
+
+
+def _context_projection(context_channels: int | None, channels: int) -> nn.Conv2d | None:
+    return nn.Conv2d(context_channels, channels, kernel_size=1) if context_channels else None
+
+
+class ContextNet(nn.Module):
+    """Top codes (B, h/f, w/f) -> context features (B, context_channels, h, w) on the bottom grid:
+    an embedding, a 3x3 convolution, ``log2(f)`` stride-2 transposed convolutions, a 3x3 convolution."""
+
+    def __init__(self, num_embeddings: int, channels: int, factor: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_embeddings, channels)
+        self.inner = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=2, padding=1)
+            for _ in range(max(0, factor.bit_length() - 1))
+        )
+        self.outer = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, top_codes: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.inner(self.embedding(top_codes).permute(0, 3, 1, 2)))  # (B, h, w, C) -> (B, C, h, w)
+        for conv in self.up:
+            x = F.relu(conv(x))
+        return self.outer(x)
+
+
 class InputStage(nn.Module):
     """ReLU(7x7 mask-A convolution + conditional bias)."""
 
     radius: int
 
-    def __init__(self, in_channels: int, channels: int, kernel_size: int, num_classes: int | None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        kernel_size: int,
+        num_classes: int | None,
+        context: int | None = None,
+    ) -> None:
         super().__init__()
         self.conv = MaskedConv2d(in_channels, channels, kernel_size, "A")
         self.condition = ConditionalBias(num_classes, channels) if num_classes else None
+        self.context = _context_projection(context, channels)
         self.radius = kernel_size // 2
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, condition: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.conv(x)
-        return F.relu(h + _bias(self.condition, condition, h))
+        return F.relu(h + _bias(self.condition, condition, h) + _spatial(self.context, context, h))
 
 
 class PixelResidualBlock(nn.Module):
@@ -56,18 +107,23 @@ class PixelResidualBlock(nn.Module):
 
     radius: int
 
-    def __init__(self, channels: int, kernel_size: int, num_classes: int | None) -> None:
+    def __init__(
+        self, channels: int, kernel_size: int, num_classes: int | None, context: int | None = None
+    ) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(channels, channels // 2, kernel_size=1)
         self.masked = MaskedConv2d(channels // 2, channels // 2, kernel_size, "B")
         self.expand = nn.Conv2d(channels // 2, channels, kernel_size=1)
         self.condition = ConditionalBias(num_classes, channels // 2) if num_classes else None
+        self.context = _context_projection(context, channels // 2)
         self.radius = kernel_size // 2
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, condition: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = F.relu(self.reduce(x))
         h = self.masked(h)
-        h = F.relu(h + _bias(self.condition, condition, h))
+        h = F.relu(h + _bias(self.condition, condition, h) + _spatial(self.context, context, h))
         return x + F.relu(self.expand(h))
 
 
@@ -82,7 +138,9 @@ class OutputHead(nn.Module):
         self.logits = nn.Conv2d(channels, num_embeddings, kernel_size=1)
         self.radius = 0
 
-    def forward(self, state: State, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, state: State, condition: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = state[1] if isinstance(state, tuple) else state
         return self.logits(F.relu(self.hidden(F.relu(x))))
 
@@ -122,6 +180,11 @@ class StagedPrior(nn.Module):
         self.num_embeddings = num_embeddings
         self.embedding = nn.Embedding(num_embeddings, config.embedding_dim)
         self.position = _positional(config)
+        self.context = (
+            ContextNet(config.context_num_embeddings, config.context_channels, config.context_factor)
+            if config.context_num_embeddings
+            else None
+        )
         self.stages = nn.ModuleList(stages)
 
     def embed(self, codes: torch.Tensor, offset: tuple[int, int] = (0, 0)) -> State:
@@ -129,10 +192,24 @@ class StagedPrior(nn.Module):
         x = self.embedding(codes).permute(0, 3, 1, 2)  # (B, h, w, E) -> (B, E, h, w)
         return self.position(x, offset) if self.position is not None else x
 
-    def forward(self, codes: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def context_features(self, top_codes: torch.Tensor | None) -> torch.Tensor | None:
+        """The context map (B, context_channels, h, w) for top codes, or None for an unconditioned prior."""
+        if self.context is None:
+            if top_codes is not None:
+                raise ValueError("this prior is not conditioned on a top code map")
+            return None
+        if top_codes is None:
+            raise ValueError("this prior is conditioned on a top code map: pass context=(B, h_top, w_top) codes")
+        return self.context(top_codes)
+
+    def forward(
+        self, codes: torch.Tensor, condition: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (B, K, h, w); ``context`` holds the top codes (B, h/f, w/f) of a two-level run."""
+        features = self.context_features(context)
         state = self.embed(codes)
         for stage in self.stages:
-            state = stage(state, condition)
+            state = stage(state, condition, features)
         assert isinstance(state, torch.Tensor)
         return state
 
@@ -150,10 +227,13 @@ class PixelCNN(StagedPrior):
 
     def __init__(self, config: PriorConfig, num_embeddings: int) -> None:
         classes = config.num_slices if config.condition_on_slice else None
-        channels = config.hidden_channels
+        channels, context = config.hidden_channels, _context_channels(config)
         stages = (
-            [InputStage(config.embedding_dim, channels, config.input_kernel_size, classes)]
-            + [PixelResidualBlock(channels, config.kernel_size, classes) for _ in range(config.num_layers)]
+            [InputStage(config.embedding_dim, channels, config.input_kernel_size, classes, context)]
+            + [
+                PixelResidualBlock(channels, config.kernel_size, classes, context)
+                for _ in range(config.num_layers)
+            ]
             + [OutputHead(channels, num_embeddings)]
         )
         super().__init__(config, num_embeddings, stages)
@@ -175,7 +255,13 @@ class GatedStage(nn.Module):
     radius: int
 
     def __init__(
-        self, in_channels: int, channels: int, kernel_size: int, first: bool, num_classes: int | None
+        self,
+        in_channels: int,
+        channels: int,
+        kernel_size: int,
+        first: bool,
+        num_classes: int | None,
+        context: int | None = None,
     ) -> None:
         super().__init__()
         self.reach = kernel_size // 2
@@ -185,13 +271,16 @@ class GatedStage(nn.Module):
         self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, kernel_size=1)
         self.horizontal_out = nn.Conv2d(channels, channels, kernel_size=1)
         self.condition = ConditionalBias(num_classes, 2 * channels) if num_classes else None
+        self.context = _context_projection(context, 2 * channels)
         self.radius = self.reach + 1
 
-    def forward(self, state: State, condition: torch.Tensor | None = None) -> State:
+    def forward(
+        self, state: State, condition: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> State:
         assert isinstance(state, tuple)
         v, h = state
         v_pre = self.vertical(F.pad(v, (self.reach, self.reach, self.reach, 0)))  # rows r-half..r
-        bias = _bias(self.condition, condition, v_pre)
+        bias = _bias(self.condition, condition, v_pre) + _spatial(self.context, context, v_pre)
         v_shifted = F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1]  # row r now holds row r-1 (causal)
         h_in = F.pad(h, (1, 0))[:, :, :, :-1] if self.first else h  # mask A: column c holds c-1
         h_pre = self.horizontal(F.pad(h_in, (self.reach, 0, 0, 0))) + self.vertical_to_horizontal(v_shifted)
@@ -206,10 +295,11 @@ class GatedPixelCNN(StagedPrior):
 
     def __init__(self, config: PriorConfig, num_embeddings: int) -> None:
         classes = config.num_slices if config.condition_on_slice else None
-        channels = config.hidden_channels
-        first = GatedStage(config.embedding_dim, channels, config.input_kernel_size, True, classes)
+        channels, context = config.hidden_channels, _context_channels(config)
+        first = GatedStage(config.embedding_dim, channels, config.input_kernel_size, True, classes, context)
         rest = [
-            GatedStage(channels, channels, config.kernel_size, False, classes) for _ in range(config.num_layers)
+            GatedStage(channels, channels, config.kernel_size, False, classes, context)
+            for _ in range(config.num_layers)
         ]
         super().__init__(config, num_embeddings, [first, *rest, OutputHead(channels, num_embeddings)])
 
@@ -220,13 +310,19 @@ class GatedPixelCNN(StagedPrior):
         return x, x
 
 
-Prior = PixelCNN | GatedPixelCNN
+def _context_channels(config: PriorConfig) -> int | None:
+    return config.context_channels if config.context_num_embeddings else None
+
+
+Prior = PixelCNN | GatedPixelCNN | TransformerPrior
 
 
 def build_prior(config: PriorConfig, num_embeddings: int) -> Prior:
-    """The prior named by ``config.arch`` (``pixelcnn`` or ``gated``)."""
+    """The prior named by ``config.arch`` (``pixelcnn``, ``gated`` or ``transformer``)."""
     if config.arch == "pixelcnn":
         return PixelCNN(config, num_embeddings)
     if config.arch == "gated":
         return GatedPixelCNN(config, num_embeddings)
-    raise ValueError(f"prior.arch must be 'pixelcnn' or 'gated', got {config.arch!r}")
+    if config.arch == "transformer":
+        return TransformerPrior(config, num_embeddings)
+    raise ValueError(f"prior.arch must be 'pixelcnn', 'gated' or 'transformer', got {config.arch!r}")

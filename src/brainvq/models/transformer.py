@@ -1,0 +1,172 @@
+"""A transformer prior over code maps: a GPT-style decoder that reads the map in raster order.
+
+Written in the shape of nanoGPT's ``model.py`` (Karpathy): pre-norm blocks of causal multi-head
+self-attention (``scaled_dot_product_attention``) and an MLP, learned positional embeddings, and
+output weights tied to the token embedding (Press & Wolf 2017). Every position sees every earlier
+position, so the top map of a two-level VQ-VAE (VQ-VAE-2, Razavi et al. 2019) is drawn with
+global context, which a PixelCNN's local window cannot give.
+
+The sequence for a (h, w) map is ``[start, c_0, ..., c_{T-2}]`` with T = h*w; the logits at
+position t predict code c_t. The start token is the slice index's embedding (slice-conditioned)
+or a learned vector. ``forward(codes (B, h, w), condition (B,) | None) -> logits (B, K, h, w)``,
+the same contract as the PixelCNN priors, so training, evaluation and scoring treat both alike.
+:meth:`TransformerPrior.step` runs new positions against a key/value cache (used by the sampler).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from brainvq.config import PriorConfig
+
+
+@dataclass
+class KVCache:
+    """Keys and values of the positions fed so far, per block: lists of (B, heads, t, head_dim)."""
+
+    keys: list[torch.Tensor | None] = field(default_factory=list)
+    values: list[torch.Tensor | None] = field(default_factory=list)
+    length: int = 0
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where position t attends to positions <= t."""
+
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.qkv = nn.Linear(config.hidden_channels, 3 * config.hidden_channels)
+        self.proj = nn.Linear(config.hidden_channels, config.hidden_channels)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).split(width, dim=2)
+        heads = (batch, length, self.num_heads, width // self.num_heads)
+        q, k, v = (t.view(heads).transpose(1, 2) for t in (q, k, v))  # (B, T, C) -> (B, heads, T, C/heads)
+        if cache is not None:
+            past_k, past_v = cache.keys[layer], cache.values[layer]
+            if past_k is not None and past_v is not None:
+                k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+            cache.keys[layer], cache.values[layer] = k, v
+        dropout = self.dropout if self.training else 0.0
+        if k.shape[2] == length:  # no cached positions: plain causal attention
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            mask = _causal_mask(length, k.shape[2], x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(batch, length, width)  # (B, heads, T, C/heads) -> (B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+def _causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
+    """(queries, keys) bool mask: the last ``queries`` positions of ``keys`` attend to <= themselves."""
+    offset = keys - queries
+    rows = torch.arange(queries, device=device)[:, None] + offset
+    return torch.arange(keys, device=device)[None, :] <= rows
+
+
+class MLP(nn.Module):
+    """Linear (4x wider), GELU, linear, dropout."""
+
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.hidden_channels, 4 * config.hidden_channels)
+        self.proj = nn.Linear(4 * config.hidden_channels, config.hidden_channels)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.hidden_channels)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.hidden_channels)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class TransformerPrior(nn.Module):
+    """GPT-style prior over a (code_height, code_width) map; see the module docstring."""
+
+    def __init__(self, config: PriorConfig, num_embeddings: int) -> None:
+        super().__init__()
+        if config.code_height is None or config.code_width is None:
+            raise ValueError(
+                "the transformer prior needs prior.code_height and prior.code_width (set by train-prior)"
+            )
+        if config.context_num_embeddings is not None:
+            raise ValueError("the transformer prior cannot be conditioned on a top map; use it for the top level")
+        self.config, self.num_embeddings = config, num_embeddings
+        width, length = config.hidden_channels, config.code_height * config.code_width
+        self.token = nn.Embedding(num_embeddings, width)
+        self.position = nn.Embedding(length, width)
+        self.start = nn.Embedding(config.num_slices if config.condition_on_slice else 1, width)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.ln_f = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_embeddings, bias=False)
+        self.head.weight = self.token.weight  # weight tying
+        self.apply(_init_weights)
+
+    def forward(
+        self, codes: torch.Tensor, condition: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if context is not None:
+            raise ValueError("the transformer prior takes no context map")
+        batch, height, width = codes.shape
+        flat = codes.reshape(batch, height * width)  # (B, h, w) -> (B, T)
+        x = torch.cat([self._start(condition, batch), self.token(flat[:, :-1])], 1)  # (B, T, C)
+        x = self.dropout(x + self.position.weight[: height * width])
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.ln_f(x))  # (B, T, K)
+        return logits.transpose(1, 2).reshape(batch, -1, height, width)  # (B, T, K) -> (B, K, h, w)
+
+    def _start(self, condition: torch.Tensor | None, batch: int) -> torch.Tensor:
+        if self.config.condition_on_slice:
+            if condition is None:
+                raise ValueError("this prior is conditioned on the slice index: pass condition=(B,) slice indices")
+            return self.start(condition)[:, None]  # (B, C) -> (B, 1, C)
+        return self.start.weight[None].expand(batch, 1, -1)  # (1, C) -> (B, 1, C)
+
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for :meth:`step`."""
+        return KVCache([None] * len(self.blocks), [None] * len(self.blocks), 0)
+
+    def step(
+        self, flat_codes: torch.Tensor, upto: int, cache: KVCache, condition: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Feed positions ``cache.length..upto`` (their inputs: the start token or the codes before
+        them in ``flat_codes`` (B, T)) and return the logits (B, K) at position ``upto``."""
+        first = cache.length
+        inputs = [] if first > 0 else [self._start(condition, flat_codes.shape[0])]
+        if upto >= max(first, 1):
+            inputs.append(self.token(flat_codes[:, max(first, 1) - 1 : upto]))
+        x = torch.cat(inputs, 1) + self.position.weight[first : upto + 1]  # (B, new, C)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        cache.length = upto + 1
+        return self.head(self.ln_f(x[:, -1]))  # (B, C) -> (B, K)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)

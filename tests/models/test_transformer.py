@@ -1,0 +1,76 @@
+"""The transformer prior: causal by gradients, slice-conditioned, cached steps equal the full pass."""
+
+import pytest
+import torch
+
+from brainvq.config import PriorConfig
+from brainvq.models.pixelcnn import build_prior
+from brainvq.models.transformer import TransformerPrior
+
+SIZE = 6
+
+
+def _prior(conditioned: bool = True, dropout: float = 0.0) -> TransformerPrior:
+    torch.manual_seed(0)
+    config = PriorConfig(
+        arch="transformer", hidden_channels=32, num_layers=2, num_heads=4, dropout=dropout,
+        condition_on_slice=conditioned, num_slices=8, code_height=SIZE, code_width=SIZE,
+    )  # fmt: skip
+    prior = build_prior(config, num_embeddings=10)
+    assert isinstance(prior, TransformerPrior)
+    return prior.eval()
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_causal_by_gradients(conditioned: bool) -> None:
+    prior = _prior(conditioned)
+    codes = torch.randint(0, 10, (1, SIZE, SIZE))
+    condition = torch.tensor([3]) if conditioned else None
+    embedded = prior.token(codes.reshape(1, -1)).detach().requires_grad_(True)  # (1, T, C)
+    # the forward pass with the token embeddings as a leaf (same computation as TransformerPrior.forward)
+    x = torch.cat([prior._start(condition, 1), embedded[:, :-1]], 1) + prior.position.weight[: SIZE * SIZE]
+    for block in prior.blocks:
+        x = block(x)
+    logits = prior.head(prior.ln_f(x))  # (1, T, K)
+    torch.testing.assert_close(logits.transpose(1, 2).reshape(1, -1, SIZE, SIZE), prior(codes, condition))
+    for position in (0, 1, 7, 20, SIZE * SIZE - 1):
+        embedded.grad = None
+        logits[0, position].sum().backward(retain_graph=True)
+        grad = embedded.grad[0].abs().sum(1)  # (T,)
+        assert grad[position:].max() == 0, f"logits at {position} see the present or future"
+        if position > 0:
+            assert grad[:position].sum() > 0
+
+
+def test_weight_tying_and_slice_conditioning() -> None:
+    prior = _prior()
+    assert prior.head.weight is prior.token.weight
+    codes = torch.randint(0, 10, (2, SIZE, SIZE))
+    a, b = prior(codes, torch.tensor([1, 1])), prior(codes, torch.tensor([1, 6]))
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
+    with pytest.raises(ValueError, match="slice"):
+        prior(codes)
+
+
+def test_cached_steps_equal_the_full_pass() -> None:
+    prior = _prior()
+    codes = torch.randint(0, 10, (3, SIZE, SIZE))
+    condition = torch.tensor([0, 4, 7])
+    with torch.no_grad():
+        full = prior(codes, condition).reshape(3, 10, -1)  # (B, K, T)
+        cache = prior.new_cache()
+        flat = codes.reshape(3, -1)
+        for t in range(SIZE * SIZE):
+            torch.testing.assert_close(prior.step(flat, t, cache, condition), full[:, :, t], rtol=1e-5, atol=1e-5)
+        cache = prior.new_cache()  # skipping positions: they are fed the next time
+        for t in (0, 5, 6, 30):
+            torch.testing.assert_close(prior.step(flat, t, cache, condition), full[:, :, t], rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_only_in_training() -> None:
+    prior = _prior(dropout=0.5)
+    codes = torch.randint(0, 10, (2, SIZE, SIZE))
+    condition = torch.tensor([1, 2])
+    assert torch.equal(prior(codes, condition), prior(codes, condition))
+    prior.train()
+    assert not torch.equal(prior(codes, condition), prior(codes, condition))

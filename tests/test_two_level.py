@@ -1,0 +1,152 @@
+"""A two-level run as a user chains it (issue 11): separate `brainvq` processes for training, encoding,
+both priors, evaluation, sampling, scoring and completion; resume of the top prior without
+re-passing flags; the Python API; a stale top prior after the VQ-VAE changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import brainvq
+from brainvq.codes import CodeMaps, decode_levels
+from brainvq.runs import RunDir, load_checkpoint
+
+from .conftest import TINY
+from .test_resume_cli import brainvq as cli
+
+pytestmark = pytest.mark.slow
+
+TWO_LEVELS = [
+    *TINY,
+    "model.levels=2",
+    "model.top_downsample=2",
+    "model.top_num_embeddings=16",
+    "prior.condition_on_slice=true",
+    "prior.positional=true",
+    "prior.context_channels=8",
+    "top_prior.hidden_channels=32",
+    "top_prior.num_layers=2",
+    "top_prior.num_heads=4",
+    "top_prior_train.batch_size=16",
+    "top_prior_train.val_batch_size=32",
+]
+
+
+def _sets() -> list[str]:
+    return [part for item in TWO_LEVELS for part in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def two_level_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("two") / "run"
+    data = ["--data", str(phantom_root)]
+    steps = [
+        ["train-vqvae", *data, "--run", str(run), *_sets(), "--max-steps", "25", "--quiet"],
+        ["encode", "--run", str(run), *data],
+        ["train-prior", "--run", str(run), *_sets(), "--max-steps", "15", "--quiet"],
+    ]
+    for step in steps:
+        result = cli(*step)
+        assert result.returncode == 0, (step[0], result.stderr[-2000:])
+    return run
+
+
+def test_codes_hold_both_levels_and_both_priors_are_trained(two_level_run: Path) -> None:
+    codes = CodeMaps.load(two_level_run / "codes" / "train.pt")
+    assert codes.indices.shape[1:] == (16, 16) and codes.top_indices is not None
+    assert codes.top_indices.shape[1:] == (8, 8) and codes.top_num_embeddings == 16
+    run = RunDir(two_level_run)
+    for stage in ("prior", "prior_top"):
+        state = load_checkpoint(run.checkpoint(stage, "last"))
+        assert state["loop"]["step"] == 15 and state["level"] == ("top" if stage == "prior_top" else "bottom")
+    bottom = load_checkpoint(run.checkpoint("prior", "last"))["config"]["prior"]
+    assert bottom["context_num_embeddings"] == 16 and bottom["context_factor"] == 2
+    top = load_checkpoint(run.checkpoint("prior_top", "last"))["config"]["top_prior"]
+    assert top["arch"] == "transformer" and (top["code_height"], top["code_width"]) == (8, 8)
+
+
+def test_evaluate_and_sample_report_both_levels(two_level_run: Path, phantom_root: Path, tmp_path: Path) -> None:
+    result = cli("evaluate", "--run", str(two_level_run), "--data", str(phantom_root), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(result.stdout)
+    assert metrics["levels"] == 2 and metrics["top_prior_hash"]
+    for key in ("prior_nll_bits", "top_prior_nll_bits", "prior_accuracy", "top_prior_accuracy"):
+        assert 0 < metrics[key] < 8, key  # fewer bits than a uniform guess over the codebooks
+    assert metrics["top_codes_used"] >= 2
+    sampled = cli("sample", "--run", str(two_level_run), "--n", "3", "--out", str(tmp_path / "s"), "--seed", "4")
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    summary = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert summary["top_code_shape"] == [8, 8] and summary["code_shape"] == [16, 16]
+    assert len(list((tmp_path / "s").glob("sample_*.png"))) == 3
+
+
+def test_python_api_samples_top_then_bottom(two_level_run: Path) -> None:
+    run = brainvq.load_run(two_level_run, device="cpu")
+    first, second = brainvq.sample(run, 2, seed=1), brainvq.sample(run, 2, seed=1)
+    assert first.top_codes is not None and first.top_codes.shape == (2, 8, 8)
+    assert torch.equal(first.codes, second.codes) and torch.equal(first.top_codes, second.top_codes)
+    naive = brainvq.sample(run, 2, seed=1, sampler="naive")
+    assert torch.equal(naive.codes, first.codes) and naive.top_codes is not None
+    assert torch.equal(naive.top_codes, first.top_codes)
+    with torch.no_grad():  # the images are the decoded maps of both levels
+        images = decode_levels(run.vqvae, first.codes, first.top_codes)
+    torch.testing.assert_close(images, first.images)
+
+
+def test_score_anomaly_and_complete_on_a_two_level_run(
+    two_level_run: Path, phantom_root: Path, tmp_path: Path
+) -> None:
+    scored = cli("score", "--run", str(two_level_run), "--data", str(phantom_root), "--split", "validate",
+                 "--out", str(tmp_path / "score"), "--json")  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    result = json.loads(scored.stdout)
+    assert result["top_mean_bits_per_code"] > 0 and "top_nll_bits" in result["per_image"][0]
+    image = next((phantom_root / "keras_png_slices_validate").glob("*_slice_16.nii.png"))
+    completed = cli("complete", "--run", str(two_level_run), "--image", str(image), "--keep-rows", "8",
+                    "--n", "2", "--out", str(tmp_path / "complete"))  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert (tmp_path / "complete" / "completions.png").stat().st_size > 1000
+    anomaly = cli("anomaly", "--run", str(two_level_run), "--data", str(phantom_root), "--split", "validate",
+                  "--out", str(tmp_path / "anomaly"), "--json", "--no-maps")  # fmt: skip
+    assert anomaly.returncode == 0, anomaly.stderr[-2000:]
+
+
+def _prior_weights(run: Path, stage: str) -> dict[str, torch.Tensor]:
+    return load_checkpoint(RunDir(run).checkpoint(stage, "last"))["model"]  # type: ignore[no-any-return]
+
+
+def test_top_prior_resumes_exactly_without_repeating_flags(two_level_run: Path, tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for copy in (straight, resumed):
+        shutil.copytree(two_level_run, copy)
+    top_sets = [part for item in TWO_LEVELS if item.startswith("top_") for part in ("--set", item)]
+    base = ["train-prior", "--level", "top", "--force", "--quiet", *top_sets]
+    assert cli(*base, "--run", str(straight), "--max-steps", "6").returncode == 0
+    assert cli(*base, "--run", str(resumed), "--max-steps", "3").returncode == 0
+    again = cli("train-prior", "--level", "top", "--run", str(resumed), "--resume", "--max-steps", "6", "--quiet")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "overridden: top_prior_train.max_steps: 3 -> 6" in again.stderr
+    first, second = _prior_weights(straight, "prior_top"), _prior_weights(resumed, "prior_top")
+    assert [k for k, v in first.items() if not torch.equal(v, second[k])] == []
+    # the bottom prior was left alone by --level top
+    assert all(
+        torch.equal(v, _prior_weights(two_level_run, "prior")[k])
+        for k, v in _prior_weights(resumed, "prior").items()
+    )
+
+
+def test_a_changed_vqvae_makes_both_priors_stale(two_level_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(two_level_run, run)
+    resumed = cli("train-vqvae", "--run", str(run), "--resume", "--max-steps", "27", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    RunDir(run).checkpoint("vqvae", "best").unlink(missing_ok=True)  # later stages now use `last`, 2 steps on
+    loaded = brainvq.load_run(run, device="cpu")
+    assert loaded.prior is None and loaded.top_prior is None
+    assert loaded.top_prior_problem is not None and "stale prior" in loaded.top_prior_problem
+    refused = cli("sample", "--run", str(run), "--n", "2", "--out", str(tmp_path / "s"))
+    assert refused.returncode != 0 and "stale" in refused.stderr and "Traceback" not in refused.stderr
