@@ -165,7 +165,7 @@ def evaluate_run(
 
 @torch.no_grad()
 def _reconstruction_figure(loaded: LoadedRun, dataset: Any, split: str, device: torch.device) -> Path:
-    from brainvq.train import snapshot_indices
+    from brainvq.tasks import snapshot_indices
 
     picks = snapshot_indices(dataset)[:6]
     images = dataset.images(picks).to(device)

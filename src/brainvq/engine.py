@@ -1,0 +1,502 @@
+"""The training engine: one short loop on Lightning Fabric, shared by every stage that trains.
+
+Fabric owns devices, DDP (several GPUs or nodes, via torchrun or SLURM; gloo on CPU), mixed
+precision and loggers; this module owns the loop, which reads top to bottom:
+
+    for each epoch: for each batch: forward -> NaN guard -> backward -> step -> log -> checkpoint
+                    then validate -> best checkpoint -> history -> snapshots
+
+What is trained is a :class:`Task` (the VQ-VAE's and the priors' in :mod:`brainvq.tasks`, the
+judge's in :mod:`brainvq.judge`). Checkpoints (``last`` and ``best``) hold the model, optimiser,
+scheduler, loop position and RNG state, are written atomically, and load with
+``weights_only=True``. ``resume`` continues exactly where a run stopped: same step, same batch
+order, same codebook, same random numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+from tqdm import tqdm
+
+from brainvq.config import (
+    Config,
+    FabricConfig,
+    TrainConfig,
+)
+from brainvq.devices import (
+    resolve_accelerator,
+    resolve_precision,
+)
+from brainvq.errors import RunError, TrainingError
+from brainvq.runs import RunDir, atomic_torch_save, atomic_write_json, load_checkpoint
+
+CHECKPOINT_FORMAT = "brainvq-checkpoint-v1"
+
+
+# ----------------------------------------------------------------------------- fabric
+def make_fabric(config: FabricConfig, loggers: list[Any] | None = None) -> Fabric:
+    """A Fabric for ``config`` (precision ``auto`` resolved; the resolved value is written back)."""
+    accelerator = resolve_accelerator(config.accelerator)
+    config.precision = resolve_precision(config.precision, accelerator)
+    return Fabric(
+        accelerator=accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,  # type: ignore[arg-type]
+        loggers=loggers,
+    )
+
+
+# ----------------------------------------------------------------------------- batches and state
+class EpochBatches:
+    """Deterministic, resumable, rank-sharded batches: epoch e uses ``randperm(n)`` seeded by
+    ``seed + e``; rank r takes every world_size-th batch-sized slice; the last partial batch is dropped."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if size < batch_size * world_size:
+            batch_size = max(1, size // world_size)
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return self.size // (self.batch_size * self.world_size)
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[list[int]]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        step = self.batch_size * self.world_size
+        for b in range(skip, len(self)):
+            start = b * step + self.rank * self.batch_size
+            yield order[start : start + self.batch_size]
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: float | None = None
+    elapsed_seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    step_log: list[list[float]] = field(default_factory=list)
+    stop_reason: str = ""
+
+
+@dataclass
+class StepOutput:
+    """A training step's loss and the scalars to log."""
+
+    loss: torch.Tensor
+    logs: dict[str, float]
+    extra: Any = None
+
+
+# ----------------------------------------------------------------------------- tasks
+class Task(ABC):
+    """What the engine trains: builds the model, turns batch indices into losses, validates."""
+
+    stage: str
+    best_metric: str
+    best_mode: str  # "max" or "min"
+
+    def __init__(self, config: Config, train: TrainConfig) -> None:
+        self.config = config
+        self.train_config = train
+
+    @abstractmethod
+    def build_model(self) -> nn.Module: ...
+
+    @abstractmethod
+    def train_size(self) -> int: ...
+
+    @abstractmethod
+    def load_batch(self, indices: list[int]) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput: ...
+
+    @abstractmethod
+    def validation_size(self) -> int:
+        """How many items the validation set holds (0: no validation)."""
+
+    @abstractmethod
+    def validation_statistics(self, model: nn.Module, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Additive statistics (sums, counts) over the validation items at ``indices`` (one rank's shard)."""
+
+    @abstractmethod
+    def validation_metrics(self, statistics: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The ``val_*`` metrics from statistics summed over every shard."""
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Validation on one process (every item); the engine shards it across DDP ranks instead."""
+        size = self.validation_size()
+        return self.validation_metrics(self.validation_statistics(model, list(range(size)))) if size else {}
+
+    def on_step(self, output: StepOutput) -> None:
+        """Accumulate per-epoch statistics (default: nothing)."""
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Training statistics of the finished epoch (default: none)."""
+        return {}
+
+    def on_validated(self, model: nn.Module, fabric: Fabric, run: RunDir, epoch: int) -> None:
+        """Save per-epoch artefacts such as reconstruction snapshots (default: nothing)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def provenance(self) -> dict[str, Any]:
+        """Top-level checkpoint entries saying what this stage was trained on (default: none)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+
+
+# ----------------------------------------------------------------------------- the loop
+def lr_factor(schedule: str, warmup_steps: int, total_steps: int | None) -> Any:
+    """A LambdaLR factor: linear warmup, then ``constant`` or ``cosine`` (needs a step budget)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine" and total_steps:
+            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.schedule must be 'constant' or 'cosine', got {schedule!r}")
+        return 1.0
+
+    return factor
+
+
+STOP_REASONS = ("", "steps", "epochs", "minutes", "interrupted")
+
+
+class Engine:
+    """Runs one task to a stop condition, with checkpoints, logs, history and a progress bar.
+
+    Stops happen only at step boundaries: a Ctrl-C (SIGINT) or a scheduler's SIGTERM sets a flag
+    that the loop reads before the next step, so the ``last`` checkpoint is always a state that a
+    step left complete. Every stop decision (steps, epochs, time budget, signal, non-finite loss
+    or gradients) is agreed by all DDP ranks with an all-reduce, so ranks never stop apart.
+    """
+
+    def __init__(self, task: Task, fabric: Fabric, run: RunDir, *, resume: bool, progress: bool = True) -> None:
+        self.task, self.fabric, self.run, self.resume = task, fabric, run, resume
+        self.train = task.train_config
+        self.progress = progress
+        self.state = LoopState()
+        self.signalled = False
+
+    def fit(self) -> LoopState:
+        fabric, train = self.fabric, self.train
+        fabric.seed_everything(train.seed, verbose=False)
+        self.model = self.task.build_model()
+        if self.task.config.fabric.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        total = train.max_steps or (train.epochs * self._batches().__len__() if train.epochs else None)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_factor(train.schedule, train.warmup_steps, total)
+        )
+        wrapped, optimizer = fabric.setup(self.model, optimizer)
+        self.optimizer, self.scheduler = optimizer, scheduler
+        if self.resume:
+            self._restore()
+        try:
+            with self._signals_as_flag():
+                self._loop(wrapped)
+        finally:
+            for logger in fabric.loggers:
+                logger.finalize("success")
+        if self.state.stop_reason == "interrupted":
+            raise KeyboardInterrupt
+        return self.state
+
+    @contextlib.contextmanager
+    def _signals_as_flag(self) -> Iterator[None]:
+        """SIGINT/SIGTERM set ``self.signalled``; a second SIGINT interrupts at once (without saving)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.signalled and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signalled = True
+            if self.fabric.is_global_zero:
+                tqdm.write(
+                    f"[{self.task.stage}] stopping after this step (signal {signum}); Ctrl-C again to abort"
+                )
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _batches(self) -> EpochBatches:
+        return EpochBatches(
+            self.task.train_size(),
+            self.train.batch_size,
+            self.train.seed,
+            self.fabric.global_rank,
+            self.fabric.world_size,
+        )
+
+    def _agree(self, code: int) -> int:
+        """The largest of every rank's ``code`` (so one rank's reason to stop stops them all)."""
+        if self.fabric.world_size == 1:
+            return code
+        value = self.fabric.all_reduce(torch.tensor(code, device=self.fabric.device), reduce_op="max")
+        return int(value.item())  # type: ignore[union-attr]
+
+    def _stop_reason(self, deadline: float) -> str:
+        train, state = self.train, self.state
+        code = 0
+        if self.signalled:
+            code = STOP_REASONS.index("interrupted")
+        elif train.max_steps is not None and state.step >= train.max_steps:
+            code = STOP_REASONS.index("steps")
+        elif train.epochs is not None and state.epoch >= train.epochs:
+            code = STOP_REASONS.index("epochs")
+        elif time.monotonic() >= deadline:
+            code = STOP_REASONS.index("minutes")
+        reason = STOP_REASONS[self._agree(code)]
+        if reason == "minutes" and train.max_minutes:  # the budget is spent, on every rank's record
+            state.elapsed_seconds = max(state.elapsed_seconds, train.max_minutes * 60)
+        limits = {"steps": f"{train.max_steps} steps", "epochs": f"{train.epochs} epochs"}
+        limits["minutes"] = f"{train.max_minutes} minutes"
+        return limits.get(reason, reason)
+
+    def _loop(self, model: nn.Module) -> None:
+        fabric, train, state = self.fabric, self.train, self.state
+        batches = self._batches()
+        started = time.monotonic() - state.elapsed_seconds
+        deadline = started + train.max_minutes * 60 if train.max_minutes else math.inf
+        bar = tqdm(
+            total=train.max_steps or (train.epochs * len(batches) if train.epochs else None),
+            initial=state.step,
+            desc=self.task.stage,
+            disable=not (self.progress and fabric.is_global_zero),
+            mininterval=2.0,
+            dynamic_ncols=True,
+        )
+        running: list[float] = []
+        validated_at = state.step if self.resume else -1
+        model.train()
+        while True:
+            state.stop_reason = self._stop_reason(deadline)
+            if state.stop_reason:
+                break
+            for indices in batches.epoch(state.epoch, skip=state.batch_in_epoch):
+                output = self._step(model, indices)
+                state.step += 1
+                state.batch_in_epoch += 1
+                state.elapsed_seconds = time.monotonic() - started
+                running.append(output.logs["loss"])
+                bar.update(1)
+                bar.set_postfix(loss=f"{output.logs['loss']:.4f}", epoch=state.epoch)
+                if state.step % 10 == 0:
+                    state.step_log.append([state.step, sum(running) / len(running)])
+                    fabric.log_dict({f"train/{k}": v for k, v in output.logs.items()}, step=state.step)
+                    running.clear()
+                if state.step % train.checkpoint_every_steps == 0:
+                    self._save("last")
+                if state.batch_in_epoch < len(batches):
+                    state.stop_reason = self._stop_reason(deadline)
+                    if state.stop_reason:
+                        break
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if state.epoch % max(1, train.validate_every_epochs) == 0:
+                    self._end_epoch()
+                    validated_at = state.step
+                self._save("last")
+                continue
+            break
+        if validated_at != state.step and state.stop_reason != "interrupted":
+            self._end_epoch(partial=True)
+        self._save("last")
+        bar.close()
+
+    def _step(self, model: nn.Module, indices: list[int]) -> StepOutput:
+        batch = {k: self.fabric.to_device(v) for k, v in self.task.load_batch(indices).items()}
+        if self.task.config.fabric.channels_last and "image" in batch:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        output = self.task.training_step(model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.fabric.backward(output.loss)
+        problem = self._agree(self._non_finite(output.loss))
+        if problem:
+            what = "the loss" if problem == 2 else "a gradient"
+            last = self.run.checkpoint(self.task.stage, "last")
+            kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint was written yet"
+            raise TrainingError(
+                f"{self.task.stage}: {what} became non-finite at step {self.state.step + 1}; stopped before "
+                f"the update. {kept} (try a lower train.lr, or precision=32-true)"
+            )
+        if self.train.grad_clip:
+            self.fabric.clip_gradients(model, self.optimizer, max_norm=self.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.task.on_step(output)
+        return output
+
+    def _non_finite(self, loss: torch.Tensor) -> int:
+        """0 when the loss and every gradient are finite, 2 for the loss, 1 for a gradient.
+
+        Under ``16-mixed`` the gradient scaler skips steps with overflowing gradients by design,
+        so only the loss is checked there.
+        """
+        if not bool(torch.isfinite(loss.detach())):
+            return 2
+        if self.task.config.fabric.precision.startswith("16"):
+            return 0
+        grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.stack([g.float().abs().amax() for g in grads])).all()):
+            return 1
+        return 0
+
+    def _validate(self) -> dict[str, float]:
+        """Each rank validates its shard (every world_size-th item) on the unwrapped model; the additive
+        statistics are summed over ranks, so the metrics are exact and every rank holds the same."""
+        size = self.task.validation_size()
+        if size == 0:
+            return {}
+        fabric = self.fabric
+        shard = list(range(fabric.global_rank, size, fabric.world_size))
+        statistics = self.task.validation_statistics(self.model, shard)
+        if fabric.world_size > 1:
+            statistics = {
+                key: fabric.all_reduce(value.to(fabric.device), reduce_op="sum").cpu()  # type: ignore[union-attr]
+                for key, value in sorted(statistics.items())
+            }
+        return self.task.validation_metrics(statistics)
+
+    def _end_epoch(self, partial: bool = False) -> None:
+        state = self.state
+        metrics: dict[str, float] = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "partial_epoch": float(partial),
+            "minutes": state.elapsed_seconds / 60,
+        }
+        metrics.update(self.task.epoch_metrics())
+        metrics.update(self._validate())
+        state.history.append(metrics)
+        self.fabric.log_dict({f"epoch/{k}": v for k, v in metrics.items()}, step=state.step)
+        self.task.on_validated(self.model, self.fabric, self.run, state.epoch if not partial else state.epoch + 1)
+        value = metrics.get(self.task.best_metric)
+        if value is not None and math.isfinite(value):
+            better = state.best is None or (
+                value > state.best if self.task.best_mode == "max" else value < state.best
+            )
+            if better:
+                state.best = value
+                self._save("best")
+        if self.fabric.is_global_zero:
+            atomic_write_json(
+                self.run.metrics / f"{self.task.stage}_history.json",
+                {"epochs": state.history, "steps": state.step_log},
+            )
+        if self.progress and self.fabric.is_global_zero:
+            shown = {k: round(v, 4) for k, v in metrics.items() if k not in ("partial_epoch",)}
+            tqdm.write(f"[{self.task.stage}] {shown}")
+
+    def _save(self, which: str) -> None:
+        if not self.fabric.is_global_zero:
+            return
+        for name, tensor in self.model.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise TrainingError(
+                    f"{self.task.stage}: weight {name} is not finite; refusing to save it as {which}"
+                )
+        checkpoint = {
+            **self.task.provenance(),
+            "format": CHECKPOINT_FORMAT,
+            "stage": self.task.stage,
+            "config": self.task.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loop": asdict(self.state),
+            "task": self.task.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+        atomic_torch_save(self.run.checkpoint(self.task.stage, which), checkpoint)
+
+    def _restore(self) -> None:
+        path = self.run.checkpoint(self.task.stage, "last")
+        checkpoint = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+        except RuntimeError as error:
+            raise RunError(f"{path}: checkpoint does not match the configured model ({error})") from None
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.state = LoopState(**checkpoint["loop"])
+        self.state.stop_reason = ""
+        self.task.load_state_dict(checkpoint["task"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+
+
+# ----------------------------------------------------------------------------- launching
+def stage_loggers(run: RunDir, stage: str) -> list[Any]:
+    return [
+        CSVLogger(root_dir=str(run.logs / "csv"), name=stage),
+        TensorBoardLogger(root_dir=str(run.logs / "tensorboard"), name=stage),
+    ]
+
+
+def fabric_config_check(config: Config) -> None:
+    """Fail early (before touching a run) on an accelerator this machine does not have."""
+    resolve_accelerator(config.fabric.accelerator)
+
+
+def launch_task(
+    fabric: Fabric, task: Task, run: RunDir, resume: bool, progress: bool, info: dict[str, Any]
+) -> dict[str, Any]:
+    result = fabric.launch(_fit_worker, task, run, resume, progress)  # type: ignore[arg-type]
+    summary = dict(result or {})
+    summary.update(info)
+    return summary
+
+
+def _fit_worker(fabric: Fabric, task: Task, run: RunDir, resume: bool, progress: bool) -> dict[str, Any]:
+    engine = Engine(task, fabric, run, resume=resume, progress=progress)
+    state = engine.fit()
+    last = state.history[-1] if state.history else {}
+    return {
+        "stage": task.stage,
+        "steps": state.step,
+        "epochs": state.epoch,
+        "stop_reason": state.stop_reason,
+        "minutes": state.elapsed_seconds / 60,
+        "best": state.best,
+        "last": last,
+        "precision": task.config.fabric.precision,
+    }
