@@ -1,6 +1,7 @@
 """Sampling speed: naive vs fast sampler on this machine, measured in one process.
 
     python benchmarks/sampling.py                 # default prior config, 64x64 maps, batch 16
+                                                  # (and the two-level preset's top transformer, 16x16)
     python benchmarks/sampling.py --full-naive    # time every naive step too (about 25 min on 2 CPU cores)
 
 The naive sampler's steps all cost the same (one full forward pass over the map), so by default it
@@ -83,6 +84,17 @@ def main() -> None:
         naive, how = naive_seconds_per_map(prior, args.batch, args.size, steps, condition)
         fast = fast_seconds(prior, args.batch, args.size, condition)
         print(f"{name:38s} {naive:14.1f} {fast:13.2f} {naive / fast:8.0f}x  {how}", flush=True)
+    # the top prior of oasis-cpu-2level: a transformer over a 16x16 map, KV cache vs a full pass per code
+    top = PriorConfig(
+        arch="transformer", hidden_channels=192, num_layers=4, num_heads=6, condition_on_slice=True,
+        code_height=16, code_width=16,
+    )  # fmt: skip
+    prior = build_prior(top, 512).eval()
+    condition = torch.full((args.batch,), 16)
+    naive, how = naive_seconds_per_map(prior, args.batch, 16, None if args.full_naive else 64, condition)
+    fast = fast_seconds(prior, args.batch, 16, condition)
+    name = "top transformer 16x16 (KV cache)"
+    print(f"{name:38s} {naive:14.1f} {fast:13.2f} {naive / fast:8.0f}x  {how}", flush=True)
     print()
     default = build_prior(PriorConfig(), 512).eval()
     for batch in (1, args.batch):

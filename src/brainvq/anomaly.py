@@ -510,7 +510,42 @@ def detect(
         summary["lesion_pixel_fraction"] = float(truths.float().mean())
     summary["per_image"] = per_image
     atomic_write_json(out / "anomaly.json", summary)
+    if maps and inputs.truth is not None:
+        summary["figure"] = str(examples_figure(out, inputs))
     return summary
+
+
+def examples_figure(out: Path, inputs: Inputs, count: int = 6, show_inputs: bool = True) -> Path:
+    """``OUT/anomaly_examples.png``: for ``count`` lesioned slices spread over the split, the input,
+    the true lesion mask, the prior method's map and the residual's map (both on one colour scale).
+    ``show_inputs=False`` leaves the input row out (``anomaly_maps.png``, for sharing without images)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from brainvq.figures import save_figure
+
+    assert inputs.truth is not None
+    lesioned = [i for i, path in enumerate(inputs.truth) if np.asarray(Image.open(path)).any()]
+    picks = lesioned[:: max(1, len(lesioned) // count)][:count]
+    rows = ("input", "true lesion", "prior (healed residual)", "VQ-VAE residual")[0 if show_inputs else 1 :]
+    figure, axes = plt.subplots(len(rows), len(picks), figsize=(2.2 * len(picks), 2.3 * len(rows)), squeeze=False)
+    for col, i in enumerate(picks):
+        name, stem = inputs.names[i], Path(inputs.names[i]).stem
+        panels = [
+            (inputs.dataset.images([i])[0, 0].numpy(), "gray", 1.0),
+            (np.asarray(Image.open(inputs.truth[i])) > 0, "gray", 1.0),
+            (np.load(out / "prior" / f"{stem}.npy").astype(np.float32), "inferno", 0.3),
+            (np.load(out / "residual" / f"{stem}.npy").astype(np.float32), "inferno", 0.3),
+        ][0 if show_inputs else 1 :]
+        for row, (panel, colours, top) in enumerate(panels):
+            axes[row, col].imshow(panel, cmap=colours, vmin=0, vmax=top)
+            axes[row, col].axis("off")
+            if col == 0:  # the row's name, inside its first panel
+                axes[row, col].text(
+                    0.03, 0.03, rows[row], color="white", fontsize=7, transform=axes[row, col].transAxes
+                )
+        axes[0, col].set_title(name.replace(".nii.png", ""), fontsize=7)
+    return save_figure(figure, out / ("anomaly_examples.png" if show_inputs else "anomaly_maps.png"))
 
 
 def prepare_out(out: Path, folders: tuple[str, ...]) -> None:

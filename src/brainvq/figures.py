@@ -20,7 +20,7 @@ from brainvq.runs import RunDir, atomic_save_figure
 DPI = 110
 
 
-def _save(figure: Any, path: Path) -> Path:
+def save_figure(figure: Any, path: Path) -> Path:
     figure.tight_layout()
     atomic_save_figure(path, figure, dpi=DPI)
     plt.close(figure)
@@ -56,7 +56,7 @@ def vqvae_curves(run: RunDir) -> list[Path]:
         twin = ssim_ax.twinx()
         twin.plot(x, psnr, "s--", color="C2", label="PSNR")
         twin.set_ylabel("validation PSNR (dB)")
-    paths = [_save(figure, run.figures / "vqvae_curves.png")]
+    paths = [save_figure(figure, run.figures / "vqvae_curves.png")]
     figure, ax = plt.subplots(figsize=(5.5, 3.6))
     for key, label in (("train_codes_used", "train (per epoch)"), ("val_codes_used", "validate")):
         x, used = _series(history["epochs"], key)
@@ -65,7 +65,7 @@ def vqvae_curves(run: RunDir) -> list[Path]:
     ax.plot(x, perplexity, "^:", label="validate perplexity")
     ax.set(xlabel="step", ylabel="codes", title="Codebook usage", ylim=(0, None))
     ax.legend()
-    paths.append(_save(figure, run.figures / "codebook_usage.png"))
+    paths.append(save_figure(figure, run.figures / "codebook_usage.png"))
     return paths
 
 
@@ -87,7 +87,7 @@ def prior_curves(run: RunDir, stage: str = "prior") -> list[Path]:
     acc_ax.set(xlabel="step", ylabel="accuracy", title="Prior validation accuracy")
     if stage == "prior_top":
         figure.suptitle("Top prior (two-level run)")
-    return [_save(figure, run.figures / f"{stage}_curves.png")]
+    return [save_figure(figure, run.figures / f"{stage}_curves.png")]
 
 
 def reconstruction_grid(originals: torch.Tensor, recons: torch.Tensor, path: Path, title: str = "") -> Path:
@@ -106,7 +106,7 @@ def reconstruction_grid(originals: torch.Tensor, recons: torch.Tensor, path: Pat
         axes[row, 0].set_ylabel(label)
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def reconstructions_across_epochs(run: RunDir, max_columns: int = 8) -> Path | None:
@@ -130,7 +130,7 @@ def reconstructions_across_epochs(run: RunDir, max_columns: int = 8) -> Path | N
             axes[row, col].set_xticks([])
             axes[row, col].set_yticks([])
         axes[0, col].set_title(label, fontsize=9)
-    return _save(figure, run.figures / "reconstructions_across_epochs.png")
+    return save_figure(figure, run.figures / "reconstructions_across_epochs.png")
 
 
 def image_grid(images: torch.Tensor, path: Path, titles: Sequence[str] | None = None, title: str = "") -> Path:
@@ -149,7 +149,7 @@ def image_grid(images: torch.Tensor, path: Path, titles: Sequence[str] | None = 
                 ax.set_title(titles[index], fontsize=8)
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def all_training_figures(run: RunDir) -> list[Path]:
