@@ -37,6 +37,9 @@ TINY = [
     "fabric.accelerator=cpu",
     "prior.embedding_dim=8",
     "prior.hidden_channels=16",
+    "prior.num_layers=2",
+    "prior.condition_on_slice=false",
+    "prior.positional=false",
     "prior_train.batch_size=16",
     "prior_train.val_batch_size=32",
 ]

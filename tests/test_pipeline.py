@@ -232,7 +232,10 @@ def test_score_anomaly_and_complete_commands(
     assert (out / "prior" / name).is_file() and (out / "residual_overlays" / name).is_file()
     assert np.load(out / "prior" / "case_005_slice_16.nii.npy").shape == (64, 64)
     assert (finished_run / "metrics" / "anomaly_threshold.json").is_file()
-    assert result["figure"] == str(out / "anomaly_examples.png") and (out / "anomaly_examples.png").stat().st_size > 5000
+    assert (
+        result["figure"] == str(out / "anomaly_examples.png")
+        and (out / "anomaly_examples.png").stat().st_size > 5000
+    )
     # --images/--truth take any folder of slices with same-named lesion masks
     truth = tmp_path / "truth"
     truth.mkdir()

@@ -657,7 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="every stage from data to report; finished stages are skipped")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--preset", default="oasis-cpu", help="a configs/ preset: oasis-cpu, oasis-gpu, demo")
+    p.add_argument(
+        "--preset",
+        default="oasis-cpu",
+        help="a configs/ preset: demo, oasis-cpu, oasis-cpu-2level, oasis-gpu, seed",
+    )
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="delete RUN and start over")

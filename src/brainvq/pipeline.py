@@ -308,6 +308,14 @@ def run_pipeline(
     if is_main_process():
         run.claim()
     data_root = config.data.root
+    if not is_oasis_root(Path(data_root)):
+        for name in ["prior"] + (["top_prior"] if config.model.levels == 2 else []):
+            if not getattr(config, name).condition_on_slice:
+                continue
+            raise RunError(
+                f"{data_root}: a plain folder of PNGs has no slice indices, but {name}.condition_on_slice "
+                f"is true; add --set {name}.condition_on_slice=false (or use the OASIS layout)"
+            )
     splits = available_splits(Path(data_root)) if is_oasis_root(Path(data_root)) else [config.data.train_split]
     eval_splits = [s for s in (config.data.val_split, "test") if s and s in splits]
     summary: dict[str, Any] = {"run": str(run.root)}
