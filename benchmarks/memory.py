@@ -28,7 +28,7 @@ def _child(kind: str, run: str, data: str, split: str) -> None:
     elif kind == "evaluate":
         from brainvq.pipeline import evaluate_run
 
-        result = evaluate_run(run, data, split, batch_size=32)
+        result = evaluate_run(run, data, split, batch_size=16)
         detail = {"images": result["images"], "ssim": result["ssim"]}
     else:
         from brainvq.pipeline import encode_run

@@ -559,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--split", default="validate")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16, help="16 keeps the peak under 1 GB on 256x256 slices")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", help="override the run's precision (e.g. 32-true)")
     p.add_argument("--json", action="store_true")

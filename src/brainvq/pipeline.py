@@ -98,7 +98,7 @@ def evaluate_run(
     data_root: str | Path,
     split: str,
     *,
-    batch_size: int = 32,
+    batch_size: int = 16,
     device: str = "auto",
     precision: str | None = None,
 ) -> dict[str, Any]:
