@@ -125,16 +125,7 @@ class VQVAE(nn.Module):
         if config.output not in ("clamp", "sigmoid"):
             raise ValueError(f"model.output must be 'clamp' or 'sigmoid', got {config.output!r}")
         self.encoder = Encoder(config)
-        self.quantizer = VectorQuantizer(
-            num_embeddings=config.num_embeddings,
-            embedding_dim=config.embedding_dim,
-            commitment_cost=config.commitment_cost,
-            kind=config.quantizer,
-            decay=config.ema_decay,
-            epsilon=config.ema_epsilon,
-            init=config.codebook_init,
-            dead_code_steps=config.dead_code_steps,
-        )
+        self.quantizer = _quantizer(config, config.num_embeddings)
         self.decoder = Decoder(config)
 
     num_levels = 1
@@ -155,11 +146,7 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Code indices (B, h, w) int64 for images (B, 1, H, W) in [0, 1]."""
-        z = self.encoder(x)
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B, D, h, w) -> (B*h*w, D)
-            indices = self.quantizer.nearest(flat)
-        return indices.reshape(z.shape[0], z.shape[2], z.shape[3])  # (B*h*w,) -> (B, h, w)
+        return _nearest(self.quantizer, self.encoder(x))
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
@@ -174,6 +161,14 @@ class VQVAE(nn.Module):
         if image_size[0] % factor or image_size[1] % factor:
             raise ValueError(f"image size {image_size} is not divisible by the downsampling factor {factor}")
         return image_size[0] // factor, image_size[1] // factor
+
+
+def _nearest(quantizer: VectorQuantizer, z: torch.Tensor) -> torch.Tensor:
+    """Nearest-code indices (B, h, w) of encoder outputs ``z`` (B, D, h, w), in float32."""
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B, D, h, w) -> (B*h*w, D)
+        indices = quantizer.nearest(flat)
+    return indices.reshape(z.shape[0], z.shape[2], z.shape[3])  # (B*h*w,) -> (B, h, w)
 
 
 def _quantizer(config: ModelConfig, num_embeddings: int) -> VectorQuantizer:
@@ -291,21 +286,14 @@ class TwoLevelVQVAE(nn.Module):
             return torch.sigmoid(decoded - 0.5)
         return decoded.clamp(0.0, 1.0)
 
-    @staticmethod
-    def _nearest(quantizer: VectorQuantizer, z: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B, D, h, w) -> (B*h*w, D)
-            indices = quantizer.nearest(flat)
-        return indices.reshape(z.shape[0], z.shape[2], z.shape[3])  # (B*h*w,) -> (B, h, w)
-
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> TwoLevelCodes:
         """Top (B, h/t, w/t) and bottom (B, h, w) code indices for images (B, 1, H, W) in [0, 1]."""
         features = self.encoder.features(x)
-        top = self._nearest(self.top_quantizer, self.top_encoder(features))
+        top = _nearest(self.top_quantizer, self.top_encoder(features))
         top_vectors = self.top_quantizer.lookup(top).to(features.dtype)
         guided = torch.cat([features, self.top_decoder(top_vectors)], 1)  # (B, hid+D, h, w)
-        return TwoLevelCodes(top, self._nearest(self.quantizer, self.encoder.project(guided)))
+        return TwoLevelCodes(top, _nearest(self.quantizer, self.encoder.project(guided)))
 
     @torch.no_grad()
     def decode(self, codes: TwoLevelCodes) -> torch.Tensor:
