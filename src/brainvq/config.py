@@ -51,6 +51,10 @@ class ModelConfig:
     ``levels: 2`` adds a top code map (VQ-VAE-2, Razavi et al. 2019, "Generating Diverse
     High-Fidelity Images with VQ-VAE-2") ``top_downsample`` times coarser than the bottom map, with
     its own codebook of ``top_num_embeddings`` codes and the same quantiser settings.
+    ``bottom_dropout``: the fraction of training images whose decoder sees the top codes alone (the
+    bottom vectors zeroed), so that the top map must carry the image's structure; without it the
+    decoder can read everything from the bottom map and ignore the top one (the failure Jukebox,
+    Dhariwal et al. 2020, sec. 3, avoids with separate decoders per level).
     """
 
     in_channels: int = 1
@@ -70,6 +74,7 @@ class ModelConfig:
     levels: int = 1
     top_downsample: int = 2
     top_num_embeddings: int = 512
+    bottom_dropout: float = 0.0
 
 
 @dataclass
@@ -249,6 +254,10 @@ class Config:
             for name in ("epochs", "max_steps", "max_minutes"):
                 if getattr(stage, name) is not None:
                     positive[f"{section}.{name}"] = getattr(stage, name)
+        if not 0.0 <= self.model.bottom_dropout < 1.0:
+            raise ConfigError(
+                f"config key 'model.bottom_dropout': must be at least 0 and below 1, got {self.model.bottom_dropout}"
+            )
         for key, number in positive.items():
             if number <= 0:
                 raise ConfigError(f"config key '{key}': must be positive, got {number}")

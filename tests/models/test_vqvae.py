@@ -81,10 +81,10 @@ def test_two_level_shapes(top_downsample: int) -> None:
         model.code_shape((64, 60))
 
 
-@pytest.mark.parametrize("output", ["clamp", "sigmoid"])
-def test_two_level_decode_of_encode_equals_forward_in_eval(output: str) -> None:
+@pytest.mark.parametrize(("output", "bottom_dropout"), [("clamp", 0.0), ("sigmoid", 0.0), ("clamp", 0.5)])
+def test_two_level_decode_of_encode_equals_forward_in_eval(output: str, bottom_dropout: float) -> None:
     torch.manual_seed(0)
-    model = _two_level(output=output)
+    model = _two_level(output=output, bottom_dropout=bottom_dropout)
     model.train()
     model(torch.rand(4, 1, 32, 32))  # initialise both codebooks from data
     model.eval()
@@ -113,3 +113,21 @@ def test_the_decoder_reads_both_levels_and_the_bottom_sees_the_top() -> None:
     z = model.encoder.project(torch.cat([features, model.top_decoder(top.quantized)], 1))
     z.sum().backward()
     assert model.top_decoder.up[0].weight.grad is not None and model.top_decoder.up[0].weight.grad.abs().sum() > 0
+
+
+def test_bottom_dropout_makes_some_training_images_decode_from_the_top_alone() -> None:
+    torch.manual_seed(0)
+    model = _two_level(bottom_dropout=0.5)
+    model.train()
+    x = torch.rand(64, 1, 32, 32)
+    model(x[:4])  # initialise both codebooks
+    model.quantizer.decay = model.top_quantizer.decay = 1.0  # freeze the codebooks for the check
+    torch.manual_seed(1)
+    out = model(x)
+    codes = model.encode(x)
+    top_only = model.decode_top(codes.top)
+    both = model.decode(codes)
+    dropped = (out.recon - top_only).flatten(1).abs().amax(1) < 1e-5
+    kept = (out.recon - both).flatten(1).abs().amax(1) < 1e-5
+    assert bool((dropped ^ kept).all())  # each image took exactly one path
+    assert 16 < int(dropped.sum()) < 48  # about half of 64 dropped

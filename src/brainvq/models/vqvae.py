@@ -17,6 +17,9 @@ Default shape (the seed design), for 256x256 slices and ``downsample=4``::
     bottom codes: Conv1x1([bottom features, top decoder output]) -> quantiser (the bottom sees the top)
     decoder:      [bottom codes, upsampled top codes] -> the decoder above (2 x embedding_dim in)
 
+In training, ``bottom_dropout`` of the images reach the decoder with their bottom vectors zeroed, so
+the top codes must carry the image's structure by themselves.
+
 e.g. 64 x 64 bottom codes and 32 x 32 (``top_downsample=2``) or 16 x 16 (``4``) top codes. Inputs are in [0, 1]; the encoder
 centres them at 0. With ``output='clamp'`` the decoder is linear and its output is clamped to
 [0, 1] (the loss sees the unclamped values, so the gradient never vanishes at the bounds and
@@ -262,7 +265,7 @@ class TwoLevelVQVAE(nn.Module):
         top = self.top_quantizer(self.top_encoder(features))
         guided = torch.cat([features, self.top_decoder(top.quantized.to(features.dtype))], 1)  # (B, hid+D, h, w)
         bottom = self.quantizer(self.encoder.project(guided))
-        decoded = self.decoder(self._decoder_input(top.quantized, bottom.quantized, x.dtype))
+        decoded = self.decoder(self._decoder_input(top.quantized, self._drop(bottom.quantized), x.dtype))
         return VQVAEOutput(
             recon=self._to_image(decoded),
             decoded=decoded,
@@ -276,6 +279,13 @@ class TwoLevelVQVAE(nn.Module):
             top_perplexity=top.perplexity,
             top_counts=top.counts,
         )
+
+    def _drop(self, bottom: torch.Tensor) -> torch.Tensor:
+        """In training, zero the bottom vectors of a ``bottom_dropout`` fraction of the images."""
+        if not self.training or self.config.bottom_dropout <= 0:
+            return bottom
+        keep = torch.rand(bottom.shape[0], 1, 1, 1, device=bottom.device) >= self.config.bottom_dropout
+        return bottom * keep.to(bottom.dtype)  # (B, D, h, w), whole images dropped
 
     def _decoder_input(self, top: torch.Tensor, bottom: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         upsampled = self.top_upsample(top.to(dtype))
@@ -301,6 +311,16 @@ class TwoLevelVQVAE(nn.Module):
         dtype = next(self.decoder.parameters()).dtype
         top, bottom = self.top_quantizer.lookup(codes.top), self.quantizer.lookup(codes.bottom)
         return self._to_image(self.decoder(self._decoder_input(top, bottom, dtype)))
+
+    @torch.no_grad()
+    def decode_top(self, top: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) from top codes (B, h/t, w/t) alone, the bottom vectors zeroed: what the
+        decoder makes of the top map by itself (a coarse image when trained with ``bottom_dropout``)."""
+        dtype = next(self.decoder.parameters()).dtype
+        vectors = self.top_quantizer.lookup(top)  # (B, D, h/t, w/t)
+        height, width = top.shape[1] * self.config.top_downsample, top.shape[2] * self.config.top_downsample
+        bottom = vectors.new_zeros(vectors.shape[0], vectors.shape[1], height, width)  # (B, D, h, w)
+        return self._to_image(self.decoder(self._decoder_input(vectors, bottom, dtype)))
 
     def code_shape(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """The bottom (h, w) code map shape for images of ``image_size`` (H, W)."""
