@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +157,32 @@ def test_ms_ssim_bound_and_value_against_a_reference(size: int) -> None:
     ours = ms_ssim_per_image(pred, target).item()
     reference = _reference_ms_ssim(pred[0, 0].double().numpy(), target[0, 0].double().numpy())
     assert ours == pytest.approx(reference, abs=2e-3)
+
+
+def test_two_level_evaluation_reports_what_the_top_map_carries_alone(phantom_root: Path) -> None:
+    from brainvq.config import ModelConfig
+    from brainvq.data import load_split
+    from brainvq.metrics import evaluate_reconstructions
+    from brainvq.models.vqvae import build_vqvae
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        hidden_channels=16, residual_hidden_channels=8, embedding_dim=8, num_embeddings=32,
+        levels=2, top_downsample=2, top_num_embeddings=16,
+    )  # fmt: skip
+    model = build_vqvae(config)
+    dataset = load_split(phantom_root, "validate")
+    model.train()
+    model(torch.stack([dataset[i]["image"] for i in range(4)]))  # initialise both codebooks
+    summary = evaluate_reconstructions(model, dataset, batch_size=8)
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    expected = ssim_per_image(model.decode_top(model.encode(images).top), images).mean()
+    assert summary["top_only_ssim"] == pytest.approx(float(expected), abs=1e-5)
+    with torch.no_grad():  # zero the top path's last layer: the top map then decodes to a constant
+        for conv in model.top_upsample.up:
+            conv.weight.zero_()
+            conv.bias.zero_()
+    flat = evaluate_reconstructions(model, dataset, batch_size=8)["top_only_ssim"]
+    assert flat < summary["top_only_ssim"]
+    cheap = evaluate_reconstructions(model, dataset, batch_size=8, full=False)
+    assert "top_only_ssim" not in cheap

@@ -76,7 +76,7 @@ def test_evaluate_and_sample_report_both_levels(two_level_run: Path, phantom_roo
     assert metrics["levels"] == 2 and metrics["top_prior_hash"]
     for key in ("prior_nll_bits", "top_prior_nll_bits", "prior_accuracy", "top_prior_accuracy"):
         assert 0 < metrics[key] < 8, key  # fewer bits than a uniform guess over the codebooks
-    assert metrics["top_codes_used"] >= 2
+    assert metrics["top_codes_used"] >= 2 and -1 <= metrics["top_only_ssim"] <= 1
     sampled = cli("sample", "--run", str(two_level_run), "--n", "3", "--out", str(tmp_path / "s"), "--seed", "4")
     assert sampled.returncode == 0, sampled.stderr[-2000:]
     summary = json.loads((tmp_path / "s" / "samples.json").read_text())

@@ -197,6 +197,8 @@ class ReconstructionMeter:
         for name in ("ssim", "ssim_seed", "psnr", "ms_ssim", "mse", "brain_ssim", "brain_psnr"):
             values = self.values.get(name)
             result[name] = float(sum(values) / len(values)) if values else None
+        if self.values.get("top_only_ssim"):
+            result["top_only_ssim"] = float(sum(self.values["top_only_ssim"]) / len(self.values["top_only_ssim"]))
         if self.counts is not None:
             result["codes_used"], result["perplexity"] = code_usage(self.counts)
         if self.subjects and min(self.subjects) >= 0:
@@ -252,7 +254,8 @@ def evaluate_reconstructions(
     meter: ReconstructionMeter | None = None,
 ) -> dict[str, Any]:
     """SSIM, ssim_seed, PSNR, MS-SSIM, brain-masked SSIM/PSNR, code usage and per-subject SSIM of a
-    VQ-VAE on ``dataset``, batch by batch (model calls under ``autocast`` dtype when given; metrics
+    VQ-VAE on ``dataset`` (two levels: also ``top_only_ssim``, the top map decoded alone against the
+    image, near 0 when the decoder ignores the top map), batch by batch (model calls under ``autocast`` dtype when given; metrics
     always in float32). With ``keep_codes``, ``codes`` (N, h, w) int16 holds the code maps."""
     from brainvq.data import iterate_batches
 
@@ -266,6 +269,10 @@ def evaluate_reconstructions(
         with autocast_context(device, autocast):
             output = model(images)
         meter.update(output.recon.float(), images, output.indices, batch["subject"], batch.get("mask"))
+        if full and output.top_indices is not None:  # what the top map carries alone (0: ignored)
+            with autocast_context(device, autocast):
+                top_only = model.decode_top(output.top_indices)  # type: ignore[operator]
+            meter.values["top_only_ssim"] += ssim_per_image(top_only.float(), images.float()).tolist()
         if keep_codes:
             meter.codes.append(output.indices.to(torch.int32).cpu())
             if output.top_indices is not None:

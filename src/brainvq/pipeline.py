@@ -125,7 +125,7 @@ def evaluate_run(
     result: dict[str, Any] = {"split": split, "images": summary["images"]}
     for key in (
         "ssim", "ssim_seed", "psnr", "ms_ssim", "brain_ssim", "brain_psnr", "brain_images", "brain_region",
-        "codes_used", "perplexity", "top_codes_used", "top_perplexity",
+        "codes_used", "perplexity", "top_codes_used", "top_perplexity", "top_only_ssim",
     ):  # fmt: skip
         if key in summary or not key.startswith("top_"):
             result[key] = summary.get(key)

@@ -26,6 +26,7 @@ METRIC_ROWS = [
     ("prior_accuracy", "prior accuracy", "{:.4f}"),
     ("prior_nll_bits", "prior NLL (bits per code)", "{:.4f}"),
     ("top_codes_used", "top codes used (two levels)", "{:d}"),
+    ("top_only_ssim", "SSIM of the top map decoded alone (two levels; ~0: the decoder ignores it)", "{:.4f}"),
     ("top_prior_accuracy", "top prior accuracy (two levels)", "{:.4f}"),
     ("top_prior_nll_bits", "top prior NLL (bits per top code)", "{:.4f}"),
 ]
