@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from brainvq.codes import decode_levels, encode_levels
+from brainvq.codes import decode_levels
 from brainvq.data import load_split
 from brainvq.metrics import ssim_per_image
 from brainvq.realism import ImageSet, build_reference, score_set, to_uint8
@@ -73,9 +73,9 @@ def main() -> None:
     chosen = pick_slices(dataset.slice_indices(), wanted, args.seed)
     images = torch.stack([dataset[int(i)]["image"] for i in chosen])  # (n, 1, H, W)
     with torch.no_grad():
-        encoded = [encode_levels(vqvae, images[s : s + 32]) for s in range(0, len(images), 32)]
-        bottom = torch.cat([codes for codes, _ in encoded])  # (n, h, w)
-        top = torch.cat([codes for _, codes in encoded if codes is not None])  # (n, h/t, w/t)
+        encoded = [vqvae.encode(images[s : s + 32]) for s in range(0, len(images), 32)]
+        bottom = torch.cat([codes.bottom for codes in encoded])  # (n, h, w)
+        top = torch.cat([codes.top for codes in encoded])  # (n, h/t, w/t)
         recon = in_batches(lambda b, t: decode_levels(vqvae, b, t), bottom, top)
         swapped = in_batches(lambda b, t: decode_levels(vqvae, b, t), bottom, top.roll(1, 0))
         top_only = in_batches(vqvae.decode_top, top)

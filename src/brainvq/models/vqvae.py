@@ -308,19 +308,20 @@ class TwoLevelVQVAE(nn.Module):
     @torch.no_grad()
     def decode(self, codes: TwoLevelCodes) -> torch.Tensor:
         """Images (B, 1, H, W) in [0, 1] for :class:`TwoLevelCodes` (top, bottom)."""
-        dtype = next(self.decoder.parameters()).dtype
-        top, bottom = self.top_quantizer.lookup(codes.top), self.quantizer.lookup(codes.bottom)
-        return self._to_image(self.decoder(self._decoder_input(top, bottom, dtype)))
+        return self._decode_vectors(self.top_quantizer.lookup(codes.top), self.quantizer.lookup(codes.bottom))
 
     @torch.no_grad()
     def decode_top(self, top: torch.Tensor) -> torch.Tensor:
         """Images (B, 1, H, W) from top codes (B, h/t, w/t) alone, the bottom vectors zeroed: what the
         decoder makes of the top map by itself (a coarse image when trained with ``bottom_dropout``)."""
-        dtype = next(self.decoder.parameters()).dtype
         vectors = self.top_quantizer.lookup(top)  # (B, D, h/t, w/t)
         height, width = top.shape[1] * self.config.top_downsample, top.shape[2] * self.config.top_downsample
-        bottom = vectors.new_zeros(vectors.shape[0], vectors.shape[1], height, width)  # (B, D, h, w)
-        return self._to_image(self.decoder(self._decoder_input(vectors, bottom, dtype)))
+        return self._decode_vectors(vectors, vectors.new_zeros(*vectors.shape[:2], height, width))
+
+    def _decode_vectors(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        """Images from top (B, D, h/t, w/t) and bottom (B, D, h, w) codebook vectors."""
+        dtype = next(self.decoder.parameters()).dtype
+        return self._to_image(self.decoder(self._decoder_input(top, bottom, dtype)))
 
     def code_shape(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """The bottom (h, w) code map shape for images of ``image_size`` (H, W)."""
