@@ -83,6 +83,7 @@ def main() -> None:
         "run": args.run,
         "n": args.n,
         "bottom_dropout": run.config.model.bottom_dropout,
+        "bottom_corruption": run.config.model.bottom_corruption,
         "recon_ssim": float(ssim_per_image(recon, images).mean()),
         "top_swap_ssim": float(ssim_per_image(swapped, recon).mean()),
         "top_only_ssim": float(ssim_per_image(top_only, images).mean()),

@@ -55,6 +55,10 @@ class ModelConfig:
     bottom vectors zeroed), so that the top map must carry the image's structure; without it the
     decoder can read everything from the bottom map and ignore the top one (the failure Jukebox,
     Dhariwal et al. 2020, sec. 3, avoids with separate decoders per level).
+    ``bottom_corruption``: the fraction of bottom codes that the decoder sees swapped for random
+    codes in training, so that it learns to overrule codes that disagree with the top map and their
+    neighbours, as a sampled bottom map's mistakes do (token noise, as in denoising autoencoders,
+    Vincent et al. 2008).
     """
 
     in_channels: int = 1
@@ -75,6 +79,7 @@ class ModelConfig:
     top_downsample: int = 2
     top_num_embeddings: int = 512
     bottom_dropout: float = 0.0
+    bottom_corruption: float = 0.0
 
 
 @dataclass
@@ -254,10 +259,11 @@ class Config:
             for name in ("epochs", "max_steps", "max_minutes"):
                 if getattr(stage, name) is not None:
                     positive[f"{section}.{name}"] = getattr(stage, name)
-        if not 0.0 <= self.model.bottom_dropout < 1.0:
-            raise ConfigError(
-                f"config key 'model.bottom_dropout': must be at least 0 and below 1, got {self.model.bottom_dropout}"
-            )
+        for key in ("bottom_dropout", "bottom_corruption"):
+            if not 0.0 <= getattr(self.model, key) < 1.0:
+                raise ConfigError(
+                    f"config key 'model.{key}': must be at least 0 and below 1, got {getattr(self.model, key)}"
+                )
         for key, number in positive.items():
             if number <= 0:
                 raise ConfigError(f"config key '{key}': must be positive, got {number}")

@@ -81,10 +81,15 @@ def test_two_level_shapes(top_downsample: int) -> None:
         model.code_shape((64, 60))
 
 
-@pytest.mark.parametrize(("output", "bottom_dropout"), [("clamp", 0.0), ("sigmoid", 0.0), ("clamp", 0.5)])
-def test_two_level_decode_of_encode_equals_forward_in_eval(output: str, bottom_dropout: float) -> None:
+@pytest.mark.parametrize(
+    ("output", "bottom_dropout", "bottom_corruption"),
+    [("clamp", 0.0, 0.0), ("sigmoid", 0.0, 0.0), ("clamp", 0.5, 0.0), ("clamp", 0.5, 0.2)],
+)
+def test_two_level_decode_of_encode_equals_forward_in_eval(
+    output: str, bottom_dropout: float, bottom_corruption: float
+) -> None:
     torch.manual_seed(0)
-    model = _two_level(output=output, bottom_dropout=bottom_dropout)
+    model = _two_level(output=output, bottom_dropout=bottom_dropout, bottom_corruption=bottom_corruption)
     model.train()
     model(torch.rand(4, 1, 32, 32))  # initialise both codebooks from data
     model.eval()
@@ -131,3 +136,19 @@ def test_bottom_dropout_makes_some_training_images_decode_from_the_top_alone() -
     kept = (out.recon - both).flatten(1).abs().amax(1) < 1e-5
     assert bool((dropped ^ kept).all())  # each image took exactly one path
     assert 16 < int(dropped.sum()) < 48  # about half of 64 dropped
+
+
+def test_bottom_corruption_swaps_that_fraction_of_bottom_codes_for_codebook_entries_in_training() -> None:
+    torch.manual_seed(0)
+    model = _two_level(bottom_corruption=0.25)
+    model.train()
+    model(torch.rand(4, 1, 32, 32))  # initialise both codebooks
+    bottom = model.quantizer.lookup(torch.randint(32, (64, 8, 8)))  # (B, D, h, w)
+    corrupted = model._corrupt(bottom)
+    swapped = (corrupted != bottom).any(1)  # (B, h, w)
+    assert 0.2 < swapped.float().mean() < 0.3
+    codebook = model.quantizer.lookup(torch.arange(32)[:, None, None])[:, :, 0, 0]  # (K, D)
+    vectors = corrupted.permute(0, 2, 3, 1)[swapped]  # (S, D)
+    assert bool((vectors[:, None] == codebook[None]).all(2).any(1).all())  # every swapped vector is a code
+    model.eval()
+    assert torch.equal(model._corrupt(bottom), bottom)  # nothing changes in eval

@@ -18,7 +18,9 @@ Default shape (the seed design), for 256x256 slices and ``downsample=4``::
     decoder:      [bottom codes, upsampled top codes] -> the decoder above (2 x embedding_dim in)
 
 In training, ``bottom_dropout`` of the images reach the decoder with their bottom vectors zeroed, so
-the top codes must carry the image's structure by themselves.
+the top codes must carry the image's structure by themselves, and ``bottom_corruption`` of the
+bottom codes are swapped for random codebook entries, so the decoder learns to overrule bottom codes
+that disagree with the top map and their neighbours (as the bottom prior's mistakes do).
 
 e.g. 64 x 64 bottom codes and 32 x 32 (``top_downsample=2``) or 16 x 16 (``4``) top codes. Inputs are in [0, 1]; the encoder
 centres them at 0. With ``output='clamp'`` the decoder is linear and its output is clamped to
@@ -265,7 +267,8 @@ class TwoLevelVQVAE(nn.Module):
         top = self.top_quantizer(self.top_encoder(features))
         guided = torch.cat([features, self.top_decoder(top.quantized.to(features.dtype))], 1)  # (B, hid+D, h, w)
         bottom = self.quantizer(self.encoder.project(guided))
-        decoded = self.decoder(self._decoder_input(top.quantized, self._drop(bottom.quantized), x.dtype))
+        bottom_vectors = self._drop(self._corrupt(bottom.quantized))
+        decoded = self.decoder(self._decoder_input(top.quantized, bottom_vectors, x.dtype))
         return VQVAEOutput(
             recon=self._to_image(decoded),
             decoded=decoded,
@@ -279,6 +282,15 @@ class TwoLevelVQVAE(nn.Module):
             top_perplexity=top.perplexity,
             top_counts=top.counts,
         )
+
+    def _corrupt(self, bottom: torch.Tensor) -> torch.Tensor:
+        """In training, replace a ``bottom_corruption`` fraction of the bottom vectors by random codes."""
+        if not self.training or self.config.bottom_corruption <= 0:
+            return bottom
+        batch, _, height, width = bottom.shape
+        swap = torch.rand(batch, 1, height, width, device=bottom.device) < self.config.bottom_corruption
+        random_codes = torch.randint(self.config.num_embeddings, (batch, height, width), device=bottom.device)
+        return torch.where(swap, self.quantizer.lookup(random_codes).to(bottom.dtype), bottom)  # (B, D, h, w)
 
     def _drop(self, bottom: torch.Tensor) -> torch.Tensor:
         """In training, zero the bottom vectors of a ``bottom_dropout`` fraction of the images."""
