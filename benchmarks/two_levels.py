@@ -93,7 +93,9 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def judge_scores(args: argparse.Namespace, run: Any, top: torch.Tensor, wanted: torch.Tensor) -> dict[str, Any]:
+def judge_scores(
+    args: argparse.Namespace, run: Any, real_top: torch.Tensor, wanted: torch.Tensor
+) -> dict[str, Any]:
     from brainvq.judge import load_judge
 
     judge = load_judge(args.judge, "cpu")
@@ -104,8 +106,11 @@ def judge_scores(args: argparse.Namespace, run: Any, top: torch.Tensor, wanted: 
     scores = {}
     for name in ("oracle_top", "sampled"):
         started = time.perf_counter()
-        if name == "sampled":
-            top = sample_codes(top_prior, args.n, run.top_code_shape, condition=top_condition, generator=args.seed)
+        top = (
+            real_top
+            if name == "oracle_top"
+            else sample_codes(top_prior, args.n, run.top_code_shape, condition=top_condition, generator=args.seed)
+        )
         bottom = sample_codes(prior, args.n, run.code_shape, condition=condition, context=top, generator=args.seed)
         with torch.no_grad():
             images = in_batches(lambda b, t: decode_levels(vqvae, b, t), bottom, top)

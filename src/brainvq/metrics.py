@@ -147,9 +147,10 @@ class ReconstructionMeter:
         indices: torch.Tensor,
         subjects: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
+        top_only: torch.Tensor | None = None,
     ) -> None:
         """Add a batch; ``masks`` (B, H, W) tissue labels (0 = background) give the brain region,
-        else :func:`foreground_mask` does."""
+        else :func:`foreground_mask` does. ``top_only``: a two-level model's top maps decoded alone."""
         recon, target = recon.float().clamp(0, 1), target.float()
         self.values["ssim"] += ssim_per_image(recon, target).tolist()
         self.values["psnr"] += psnr_per_image(recon, target).tolist()
@@ -164,6 +165,8 @@ class ReconstructionMeter:
             self.values["ssim_seed"] += ssim_seed_per_image(recon, target).tolist()
         if self.full and ms_ssim_supported(tuple(target.shape[-2:])):  # type: ignore[arg-type]
             self.values["ms_ssim"] += ms_ssim_per_image(recon, target).tolist()
+        if self.full and top_only is not None:  # what the top map carries alone (near 0: ignored)
+            self.values["top_only_ssim"] += ssim_per_image(top_only.float(), target).tolist()
         batch_counts = torch.bincount(indices.flatten().cpu(), minlength=self.num_embeddings)
         self.counts = batch_counts if self.counts is None else self.counts + batch_counts
         if subjects is not None:
@@ -194,11 +197,10 @@ class ReconstructionMeter:
         if self.full:
             result["brain_images"] = len(self.values["brain_ssim"])
             result["brain_region"] = self.brain_region
-        for name in ("ssim", "ssim_seed", "psnr", "ms_ssim", "mse", "brain_ssim", "brain_psnr"):
+        two_level = ("top_only_ssim",) if self.values.get("top_only_ssim") else ()  # no null key for one level
+        for name in ("ssim", "ssim_seed", "psnr", "ms_ssim", "mse", "brain_ssim", "brain_psnr", *two_level):
             values = self.values.get(name)
             result[name] = float(sum(values) / len(values)) if values else None
-        if self.values.get("top_only_ssim"):
-            result["top_only_ssim"] = float(sum(self.values["top_only_ssim"]) / len(self.values["top_only_ssim"]))
         if self.counts is not None:
             result["codes_used"], result["perplexity"] = code_usage(self.counts)
         if self.subjects and min(self.subjects) >= 0:
@@ -268,11 +270,12 @@ def evaluate_reconstructions(
         images = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
         with autocast_context(device, autocast):
             output = model(images)
-        meter.update(output.recon.float(), images, output.indices, batch["subject"], batch.get("mask"))
-        if full and output.top_indices is not None:  # what the top map carries alone (0: ignored)
-            with autocast_context(device, autocast):
-                top_only = model.decode_top(output.top_indices)  # type: ignore[operator]
-            meter.values["top_only_ssim"] += ssim_per_image(top_only.float(), images.float()).tolist()
+            top_only = (
+                model.decode_top(output.top_indices)  # type: ignore[operator]
+                if meter.full and output.top_indices is not None
+                else None
+            )
+        meter.update(output.recon.float(), images, output.indices, batch["subject"], batch.get("mask"), top_only)
         if keep_codes:
             meter.codes.append(output.indices.to(torch.int32).cpu())
             if output.top_indices is not None:
