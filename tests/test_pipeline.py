@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -270,3 +271,23 @@ def test_evaluate_samples_with_a_run(
     assert saved["judge_hash"] == result["judge_hash"]
     assert (finished_run / "figures" / "tissue_fractions.png").is_file()
     assert (finished_run / "samples" / "realism_n4_seed0" / "grid.png").is_file()  # beside, not scored
+    # samples drawn by an older prior are drawn again, not scored as this run's
+    record = finished_run / "samples" / "realism_n4_seed0" / "samples.json"
+    drawn = json.loads(record.read_text())
+    real_slices = [int(name.split("_slice_")[1].split(".")[0])
+                   for name in os.listdir(judge_data / "keras_png_slices_validate")]  # fmt: skip
+    assert drawn["slices"][0] == min(real_slices) and drawn["slices"][-1] == max(real_slices)  # the real spread
+    record.write_text(json.dumps({**drawn, "prior_hash": "an-older-prior"}))
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert json.loads(record.read_text())["prior_hash"] == drawn["prior_hash"]
+    # another temperature gets its own samples and its own metrics file
+    assert main([*argv, "--temperature", "0.5"]) == 0
+    cooler = json.loads(capsys.readouterr().out)
+    assert cooler["temperature"] == 0.5 and result["temperature"] == 1.0
+    cooler_drawn = json.loads((finished_run / "samples" / "realism_n4_seed0_T0.5" / "samples.json").read_text())
+    assert cooler_drawn["temperature"] == 0.5
+    assert json.loads((finished_run / "metrics" / "realism_validate_T0.5.json").read_text())["temperature"] == 0.5
+    assert main(["evaluate-samples", "--judge", str(trained_judge), "--real", str(judge_data),
+                 "--samples", str(finished_run / "samples"), "--temperature", "0.5"]) == 2  # fmt: skip
+    assert "--temperature needs --run" in capsys.readouterr().err

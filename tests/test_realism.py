@@ -14,6 +14,7 @@ from brainvq.realism import (
     ImageSet,
     diversity,
     frechet_and_kid,
+    matching_slices,
     per_slice_fractions,
     precision_recall,
     tissue_error,
@@ -42,6 +43,15 @@ def test_a_shifted_set_ranks_worse_than_a_fresh_draw() -> None:
     collapsed = real[:1].repeat(200, 1) + 0.01 * _features(3)  # one mode: high precision, no recall
     _, recall = precision_recall(real, collapsed)
     assert recall < 0.2
+
+
+def test_matching_slices_follow_the_real_split() -> None:
+    every_slice = torch.arange(32).repeat(35)  # 35 subjects with all 32 slices, as OASIS validate
+    counts = torch.bincount(torch.tensor(matching_slices(every_slice, 256)), minlength=32)
+    assert int(counts.min()) >= 7 and int(counts.max()) <= 9  # every slice, about 256/32 = 8 times
+    middle_only = torch.arange(10, 20).repeat(5)
+    drawn = matching_slices(middle_only, 40)
+    assert min(drawn) == 10 and max(drawn) == 19 and drawn == sorted(drawn)
 
 
 def test_tissue_error_and_diversity_known_answers() -> None:

@@ -108,6 +108,11 @@ def test_slice_conditions() -> None:
         slice_conditions(3, plain, 4)
     with pytest.raises(Exception, match="--slice: slice index 40, outside 0..31"):
         slice_conditions(3, conditioned, 40)
+    assert slice_conditions(3, conditioned, [0, 31, 7]).tolist() == [0, 31, 7]  # one per sample
+    with pytest.raises(Exception, match="2 slice indices for 3 samples"):
+        slice_conditions(3, conditioned, [0, 31])
+    with pytest.raises(Exception, match="slice index 32, outside"):
+        slice_conditions(2, conditioned, torch.tensor([0, 32]))
 
 
 @pytest.mark.slow

@@ -305,24 +305,26 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     from brainvq.data import available_splits, is_oasis_root
     from brainvq.judge import load_judge
-    from brainvq.pipeline import sample_run
+    from brainvq.pipeline import draw_for_realism
     from brainvq.realism import evaluate_samples, folder_set, vqvae_reconstructor
-    from brainvq.runs import RunDir, load_run
+    from brainvq.runs import load_run
 
     if (args.samples is None) == (args.run is None):
         raise BrainVQError("give exactly one of --samples DIR or --run RUN (with --n N)")
     judge = load_judge(args.judge, args.device)
-    loaded, out = None, args.out
+    loaded, out, suffix = None, args.out, ""
+    if args.temperature is not None and args.run is None:
+        raise BrainVQError("--temperature needs --run (a folder of PNGs was drawn already)")
     if args.run is not None:
         loaded = load_run(args.run, args.device)
-        folder = RunDir(args.run).samples / f"realism_n{args.n}_seed{args.seed}"
-        if (
-            not (folder / "samples.json").is_file()
-            or json.loads((folder / "samples.json").read_text()).get("vqvae_hash") != loaded.vqvae_hash
-        ):
-            sample_run(args.run, args.n, seed=args.seed, out=folder, device=args.device, progress=not args.json)
-        samples = folder_set(folder, f"samples ({args.run})")
-        out = out or RunDir(args.run).root
+        temperature = loaded.config.sample.temperature if args.temperature is None else args.temperature
+        suffix = "" if temperature == 1.0 else f"_T{temperature:g}"
+        folder = draw_for_realism(
+            loaded, args.real, args.split, args.n, seed=args.seed, temperature=temperature, device=args.device,
+            progress=not args.json,
+        )  # fmt: skip
+        samples = folder_set(folder, f"samples ({args.run}, T={temperature:g})")
+        out = out or loaded.root.root
     else:
         samples = folder_set(args.samples, f"samples ({args.samples})")
     train_root = args.train
@@ -343,10 +345,12 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
         cache=Path(args.judge) / "cache",
         figures=figures,
     )
+    if loaded is not None:
+        result["temperature"] = temperature
     if out:
         from brainvq.files import atomic_write_json
 
-        atomic_write_json(Path(out) / "metrics" / f"realism_{args.split}.json", result)
+        atomic_write_json(Path(out) / "metrics" / f"realism_{args.split}{suffix}.json", result)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -569,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, help="default: the run's sample.temperature")
     p.add_argument("--slice", type=int, help="slice index to condition on (slice-conditioned priors)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--sampler", choices=("fast", "naive"), default="fast")
@@ -604,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, help="a run: draw --n samples from it and add its reconstructions")
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--temperature", type=float, help="with --run: sampling temperature (default: the run's config)"
+    )
     p.add_argument("--out", type=Path, help="where metrics/ and figures/ go (default: the run)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")

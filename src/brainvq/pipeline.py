@@ -31,6 +31,7 @@ from brainvq.errors import RunError
 from brainvq.figures import all_training_figures, image_grid, reconstruction_grid
 from brainvq.files import remove_owned
 from brainvq.metrics import evaluate_prior, evaluate_reconstructions
+from brainvq.realism import matching_slices
 from brainvq.runs import (
     LoadedRun,
     RunDir,
@@ -183,8 +184,8 @@ def sample_run(
     n: int = 16,
     *,
     seed: int = 0,
-    temperature: float = 1.0,
-    slice_index: int | None = None,
+    temperature: float | None = None,
+    slice_index: int | list[int] | None = None,
     batch_size: int = 16,
     sampler: str = "fast",
     out: str | Path | None = None,
@@ -192,10 +193,12 @@ def sample_run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate ``n`` slices; write them as PNGs plus ``grid.png`` and ``samples.json`` (with the
-    hashes of the checkpoints that made them) under ``out`` (default RUN/samples)."""
+    hashes of the checkpoints that made them) under ``out`` (default RUN/samples). ``temperature``
+    defaults to the run's ``sample.temperature``."""
     device_ = resolve_device(device)
     loaded = load_run(run_root, device_)
     loaded.require_prior()
+    temperature = loaded.config.sample.temperature if temperature is None else temperature
     result = sample(
         loaded,
         n,
@@ -243,6 +246,43 @@ def sample_run(
     atomic_write_json(out_dir / "samples.json", summary)
     atomic_write_json(loaded.root.metrics / "sampling.json", summary)
     return summary
+
+
+def draw_for_realism(
+    loaded: LoadedRun,
+    real_root: str | Path,
+    split: str,
+    n: int,
+    *,
+    seed: int = 0,
+    temperature: float = 1.0,
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
+    """The folder of ``n`` samples that ``evaluate-samples --run`` scores: RUN/samples/realism_nN_seedS
+    (``_T…`` below or above temperature 1). A slice-conditioned run draws them for the real split's
+    mix of slices (:func:`brainvq.realism.matching_slices`). They are drawn again whenever a
+    checkpoint, the temperature or the slices differ from what the folder's ``samples.json`` says."""
+    suffix = "" if temperature == 1.0 else f"_T{temperature:g}"
+    folder = loaded.root.samples / f"realism_n{n}_seed{seed}{suffix}"
+    slices = None
+    if any(p is not None and p.config.condition_on_slice for p in (loaded.prior, loaded.top_prior)):
+        real = load_split(real_root, split, in_memory=False).slice_indices()
+        slices = None if bool((real < 0).any()) else matching_slices(real, n)  # a plain folder: no indices
+    wanted: dict[str, Any] = {
+        "vqvae_hash": loaded.vqvae_hash,
+        "prior_hash": loaded.prior_hash,
+        "top_prior_hash": loaded.top_prior_hash,
+        "temperature": temperature,
+    }
+    if slices is not None:
+        wanted["slices"] = slices
+    record = folder / "samples.json"
+    drawn = json.loads(record.read_text()) if record.is_file() else {}
+    if any(drawn.get(key) != value for key, value in wanted.items()):
+        sample_run(loaded.root.root, n, seed=seed, temperature=temperature, slice_index=slices, out=folder,
+                   device=device, progress=progress)  # fmt: skip
+    return folder
 
 
 # ----------------------------------------------------------------------------- the whole pipeline

@@ -78,6 +78,15 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
 
 
+def matching_slices(real_slices: torch.Tensor, n: int) -> list[int]:
+    """``n`` slice indices spread like ``real_slices`` (their ``n`` evenly spaced quantiles), so that
+    samples meet the real split slice for slice: a different mix of slices alone moves the Fréchet
+    distance and recall (end slices look nothing like middle ones)."""
+    ordered = real_slices.sort().values
+    picks = torch.linspace(0, len(ordered) - 1, n).round().long()
+    return [int(s) for s in ordered[picks]]
+
+
 def dataset_pixels(dataset: SliceDataset, batch_size: int = 64) -> torch.Tensor:
     """Every image of a dataset as uint8 (N, 1, H, W), read batch by batch."""
     return torch.cat([to_uint8(batch["image"]) for batch in iterate_batches(dataset, batch_size)])

@@ -315,23 +315,30 @@ def resample_codes(
     return torch.cat(out)
 
 
-def slice_conditions(num_samples: int, prior: Prior, slice_index: int | None) -> torch.Tensor | None:
-    """One slice index per sample: ``slice_index`` for all, or spread over the volume when None."""
+SliceRequest = int | list[int] | torch.Tensor | None
+
+
+def slice_conditions(num_samples: int, prior: Prior, slice_index: SliceRequest) -> torch.Tensor | None:
+    """One slice index per sample: ``slice_index`` for all (an int), one per sample (a list or
+    tensor of ``num_samples``), or, when None, spread over the middle 70 % of the volume (the slices
+    a figure shows best; :func:`brainvq.realism.matching_slices` gives the real split's spread)."""
     config = prior.config
     if not config.condition_on_slice:
         if slice_index is not None:
             raise RunError("--slice needs a prior trained with prior.condition_on_slice=true")
         return None
-    if slice_index is not None:
-        return slice_condition(
-            torch.full((num_samples,), slice_index, dtype=torch.long), config.num_slices, "--slice"
-        )
-    spread = torch.linspace(0.15 * (config.num_slices - 1), 0.85 * (config.num_slices - 1), num_samples)
-    return spread.round().long()
+    if slice_index is None:
+        spread = torch.linspace(0.15 * (config.num_slices - 1), 0.85 * (config.num_slices - 1), num_samples)
+        return spread.round().long()
+    slices = torch.as_tensor(slice_index, dtype=torch.long)
+    slices = slices.expand(num_samples) if slices.dim() == 0 else slices
+    if slices.shape != (num_samples,):
+        raise RunError(f"--slice: {len(slices)} slice indices for {num_samples} samples")
+    return slice_condition(slices.clone(), config.num_slices, "--slice")
 
 
 def _level_conditions(
-    num_samples: int, prior: Prior, top_prior: Prior | None, slice_index: int | None
+    num_samples: int, prior: Prior, top_prior: Prior | None, slice_index: SliceRequest
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Slice conditions for the (bottom) prior and the top prior; with two levels, ``--slice`` needs
     at least one of them to be slice-conditioned."""
@@ -351,8 +358,8 @@ def sample(
     num_samples: int = 16,
     *,
     seed: int = 0,
-    temperature: float = 1.0,
-    slice_index: int | None = None,
+    temperature: float | None = None,
+    slice_index: SliceRequest = None,
     batch_size: int = 16,
     sampler: str = "fast",
     device: torch.device | str | None = None,
@@ -360,8 +367,11 @@ def sample(
 ) -> SampleResult:
     """Generate ``num_samples`` new slices with a loaded run (see :func:`brainvq.load_run`).
 
-    ``device`` defaults to the device the run was loaded on (a GPU when one was visible)."""
+    ``temperature`` divides the logits of both levels (below 1: more typical, less varied codes) and
+    defaults to the run's ``sample.temperature``. ``device`` defaults to the device the run was
+    loaded on (a GPU when one was visible)."""
     prior = run.require_prior()
+    temperature = run.config.sample.temperature if temperature is None else temperature
     device = resolve_device(device) if device is not None else run.device
     prior, vqvae = prior.to(device).eval(), run.vqvae.to(device).eval()
     two_levels = getattr(vqvae, "num_levels", 1) == 2
