@@ -288,6 +288,10 @@ def test_evaluate_samples_with_a_run(
     cooler_drawn = json.loads((finished_run / "samples" / "realism_n4_seed0_T0.5" / "samples.json").read_text())
     assert cooler_drawn["temperature"] == 0.5
     assert json.loads((finished_run / "metrics" / "realism_validate_T0.5.json").read_text())["temperature"] == 0.5
+    assert main([*argv, "--seed", "1"]) == 0  # another seed: its own folder and metrics file
+    capsys.readouterr()
+    assert (finished_run / "samples" / "realism_n4_seed1" / "samples.json").is_file()
+    assert (finished_run / "metrics" / "realism_validate_seed1.json").is_file()
     assert main(["evaluate-samples", "--judge", str(trained_judge), "--real", str(judge_data),
                  "--samples", str(finished_run / "samples"), "--temperature", "0.5"]) == 2  # fmt: skip
     assert "--temperature needs --run" in capsys.readouterr().err

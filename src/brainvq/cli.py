@@ -318,7 +318,9 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     if args.run is not None:
         loaded = load_run(args.run, args.device)
         temperature = loaded.config.sample.temperature if args.temperature is None else args.temperature
-        suffix = "" if temperature == 1.0 else f"_T{temperature:g}"
+        suffix = ("" if args.seed == 0 else f"_seed{args.seed}") + (
+            "" if temperature == 1.0 else f"_T{temperature:g}"
+        )
         folder = draw_for_realism(
             loaded, args.real, args.split, args.n, seed=args.seed, temperature=temperature, device=args.device,
             progress=not args.json,
