@@ -292,6 +292,7 @@ def test_evaluate_samples_with_a_run(
     capsys.readouterr()
     assert (finished_run / "samples" / "realism_n4_seed1" / "samples.json").is_file()
     assert (finished_run / "metrics" / "realism_validate_seed1.json").is_file()
+    assert (finished_run / "figures" / "realism_seed1" / "tissue_fractions.png").is_file()
     assert main(["evaluate-samples", "--judge", str(trained_judge), "--real", str(judge_data),
                  "--samples", str(finished_run / "samples"), "--temperature", "0.5"]) == 2  # fmt: skip
     assert "--temperature needs --run" in capsys.readouterr().err

@@ -336,7 +336,7 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
         train_root = args.real
     if train_root is None:
         raise BrainVQError("no training data for the memorisation check: pass --train DATA")
-    figures = Path(out) / "figures" if out else None
+    figures = Path(out) / "figures" / (f"realism{suffix}" if suffix else "") if out else None
     result = evaluate_samples(
         judge,
         samples,
