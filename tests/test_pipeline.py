@@ -262,7 +262,9 @@ def test_evaluate_samples_with_a_run(
 ) -> None:
     argv = ["evaluate-samples", "--judge", str(trained_judge), "--real", str(judge_data), "--split", "validate",
             "--run", str(finished_run), "--n", "4", "--json"]  # fmt: skip
+    sampling = (finished_run / "metrics" / "sampling.json").read_text()
     assert main(argv) == 0
+    assert (finished_run / "metrics" / "sampling.json").read_text() == sampling  # the run's own record stays
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 4 and result["slice_error"] is not None  # the slices sample() asked for
     assert set(result["reference"]) == {"real", "reconstruction"}

@@ -191,10 +191,12 @@ def sample_run(
     out: str | Path | None = None,
     device: str = "auto",
     progress: bool = True,
+    record: bool = True,
 ) -> dict[str, Any]:
     """Generate ``n`` slices; write them as PNGs plus ``grid.png`` and ``samples.json`` (with the
     hashes of the checkpoints that made them) under ``out`` (default RUN/samples). ``temperature``
-    defaults to the run's ``sample.temperature``."""
+    defaults to the run's ``sample.temperature``. ``record`` also makes this the run's sampling
+    record (``RUN/metrics/sampling.json``, which the report shows)."""
     device_ = resolve_device(device)
     loaded = load_run(run_root, device_)
     loaded.require_prior()
@@ -244,7 +246,8 @@ def sample_run(
         "prior_hash": loaded.prior_hash,
     }
     atomic_write_json(out_dir / "samples.json", summary)
-    atomic_write_json(loaded.root.metrics / "sampling.json", summary)
+    if record:
+        atomic_write_json(loaded.root.metrics / "sampling.json", summary)
     return summary
 
 
@@ -281,7 +284,7 @@ def draw_for_realism(
     drawn = json.loads(record.read_text()) if record.is_file() else {}
     if any(drawn.get(key) != value for key, value in wanted.items()):
         sample_run(loaded.root.root, n, seed=seed, temperature=temperature, slice_index=slices, out=folder,
-                   device=device, progress=progress)  # fmt: skip
+                   device=device, progress=progress, record=False)  # fmt: skip
     return folder
 
 
