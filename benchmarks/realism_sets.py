@@ -24,6 +24,12 @@ from PIL import Image, ImageFilter
 from brainvq.data import IMAGE_RE, image_dir
 
 
+def copy_some(paths: list[Path], folder: Path, n: int, rng: np.random.Generator) -> None:
+    """Copy ``n`` of ``paths`` (random, without replacement, names kept) into ``folder``."""
+    for i in rng.choice(len(paths), size=min(n, len(paths)), replace=False):
+        shutil.copy(paths[i], folder / paths[i].name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
@@ -42,8 +48,7 @@ def main() -> None:
         folder = args.out / f"train_copies_{first}-{last}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        for i in rng.choice(len(train), size=min(args.n, len(train)), replace=False):
-            shutil.copy(train[i], folder / train[i].name)
+        copy_some(train, folder, args.n, rng)
         print(f"wrote {len(list(folder.iterdir()))} train copies with slices {first}..{last} to {folder}")
         return
     held_out = sorted(image_dir(args.data, args.split).glob("case_*.png"))
@@ -51,8 +56,7 @@ def main() -> None:
     for folder in (copies, blurred):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-    for i in rng.choice(len(train), size=min(args.n, len(train)), replace=False):
-        shutil.copy(train[i], copies / train[i].name)
+    copy_some(train, copies, args.n, rng)
     for i in rng.choice(len(held_out), size=min(args.n, len(held_out)), replace=False):
         with Image.open(held_out[i]) as image:
             image.convert("L").filter(ImageFilter.GaussianBlur(args.sigma)).save(blurred / held_out[i].name)

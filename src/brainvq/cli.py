@@ -305,7 +305,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     from brainvq.data import available_splits, is_oasis_root
     from brainvq.judge import load_judge
-    from brainvq.pipeline import draw_for_realism
+    from brainvq.pipeline import draw_for_realism, temperature_suffix
     from brainvq.realism import evaluate_samples, folder_set, vqvae_reconstructor
     from brainvq.runs import load_run
 
@@ -318,9 +318,7 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     if args.run is not None:
         loaded = load_run(args.run, args.device)
         temperature = loaded.config.sample.temperature if args.temperature is None else args.temperature
-        suffix = ("" if args.seed == 0 else f"_seed{args.seed}") + (
-            "" if temperature == 1.0 else f"_T{temperature:g}"
-        )
+        suffix = ("" if args.seed == 0 else f"_seed{args.seed}") + temperature_suffix(temperature)
         folder = draw_for_realism(
             loaded, args.real, args.split, args.n, seed=args.seed, temperature=temperature, device=args.device,
             progress=not args.json,

@@ -200,7 +200,6 @@ def sample_run(
     device_ = resolve_device(device)
     loaded = load_run(run_root, device_)
     loaded.require_prior()
-    temperature = loaded.config.sample.temperature if temperature is None else temperature
     result = sample(
         loaded,
         n,
@@ -223,7 +222,7 @@ def sample_run(
         result.images,
         out_dir / "grid.png",
         titles=titles,
-        title=f"{n} samples (seed {seed}, T={temperature}, {sampler} sampler)",
+        title=f"{n} samples (seed {seed}, T={result.temperature}, {sampler} sampler)",
     )
     summary = {
         "n": n,
@@ -233,7 +232,7 @@ def sample_run(
         "seconds_per_image": result.seconds / n,
         "sampler": sampler,
         "seed": seed,
-        "temperature": temperature,
+        "temperature": result.temperature,
         "batch_size": batch_size,
         "slices": result.slices,
         "device": str(device_),
@@ -251,6 +250,11 @@ def sample_run(
     return summary
 
 
+def temperature_suffix(temperature: float) -> str:
+    """How file names of realism samples and scores mark a temperature other than 1."""
+    return "" if temperature == 1.0 else f"_T{temperature:g}"
+
+
 def draw_for_realism(
     loaded: LoadedRun,
     real_root: str | Path,
@@ -266,8 +270,7 @@ def draw_for_realism(
     (``_T…`` below or above temperature 1). A slice-conditioned run draws them for the real split's
     mix of slices (:func:`brainvq.realism.matching_slices`). They are drawn again whenever a
     checkpoint, the temperature or the slices differ from what the folder's ``samples.json`` says."""
-    suffix = "" if temperature == 1.0 else f"_T{temperature:g}"
-    folder = loaded.root.samples / f"realism_n{n}_seed{seed}{suffix}"
+    folder = loaded.root.samples / f"realism_n{n}_seed{seed}{temperature_suffix(temperature)}"
     slices = None
     if any(p is not None and p.config.condition_on_slice for p in (loaded.prior, loaded.top_prior)):
         real = load_split(real_root, split, in_memory=False).slice_indices()
