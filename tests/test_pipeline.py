@@ -295,6 +295,14 @@ def test_evaluate_samples_with_a_run(
     assert (finished_run / "samples" / "realism_n4_seed1" / "samples.json").is_file()
     assert (finished_run / "metrics" / "realism_validate_seed1.json").is_file()
     assert (finished_run / "figures" / "realism_seed1" / "tissue_fractions.png").is_file()
-    assert main(["evaluate-samples", "--judge", str(trained_judge), "--real", str(judge_data),
-                 "--samples", str(finished_run / "samples"), "--temperature", "0.5"]) == 2  # fmt: skip
-    assert "--temperature needs --run" in capsys.readouterr().err
+    # a nucleus below 1 (top-p) gets its own samples and metrics file too, and draws other codes
+    assert main([*argv, "--top-p", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["top_p"] == 0.5 and result["top_p"] == 1.0
+    nucleus_drawn = json.loads((finished_run / "samples" / "realism_n4_seed0_p0.5" / "samples.json").read_text())
+    assert nucleus_drawn["top_p"] == 0.5 and json.loads(record.read_text())["top_p"] == 1.0
+    assert (finished_run / "metrics" / "realism_validate_p0.5.json").is_file()
+    assert main([*argv, "--top-p", "1.5"]) == 2 and "top_p must be in (0, 1]" in capsys.readouterr().err
+    for flag in ("--temperature", "--top-p"):
+        assert main(["evaluate-samples", "--judge", str(trained_judge), "--real", str(judge_data),
+                     "--samples", str(finished_run / "samples"), flag, "0.5"]) == 2  # fmt: skip
+        assert "--temperature and --top-p need --run" in capsys.readouterr().err

@@ -73,6 +73,38 @@ def test_resume_without_flags_uses_the_runs_own_config(phantom_root: Path, tmp_p
     assert changed.returncode == 2 and "cannot change the architecture" in changed.stderr
 
 
+@pytest.mark.slow
+def test_a_later_stage_keeps_the_runs_config(phantom_root: Path, tmp_path: Path) -> None:
+    """`train-prior` (and `--force` with one `--set`) on a run made with a config file: the prior
+    is built from the run's saved config, not the defaults, and only the named key changes."""
+    config = _config_file(tmp_path, max_steps=2)
+    saved = yaml.safe_load(config.read_text())
+    saved["prior"].update({"num_layers": 1, "kernel_size": 5})
+    saved["prior_train"] = {"batch_size": 4, "max_steps": 2, "epochs": None}
+    config.write_text(yaml.safe_dump(saved))
+    run = tmp_path / "run"
+    made = brainvq(
+        "train-vqvae", "--data", str(phantom_root), "--run", str(run), "--config", str(config), "--quiet"
+    )
+    assert made.returncode == 0, made.stderr
+    assert brainvq("encode", "--run", str(run), "--data", str(phantom_root)).returncode == 0
+
+    def prior_config() -> dict[str, dict[str, object]]:
+        state = load_checkpoint(RunDir(run).checkpoint("prior", "last"))
+        return state["config"]  # type: ignore[return-value]
+
+    first = brainvq("train-prior", "--run", str(run), "--quiet")
+    assert first.returncode == 0, first.stderr
+    assert "starting from the run's saved config" in first.stderr
+    assert prior_config()["prior"]["num_layers"] == 1 and prior_config()["prior"]["kernel_size"] == 5
+    again = brainvq("train-prior", "--run", str(run), "--force", "--set", "prior_train.lr=0.004", "--quiet")
+    assert again.returncode == 0, again.stderr
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["prior_train"]["lr"] == 0.004 and resolved["prior_train"]["max_steps"] == 2
+    assert resolved["prior"]["num_layers"] == 1 and resolved["train"]["lr"] == 0.002
+    assert prior_config()["prior_train"]["lr"] == 0.004 and prior_config()["prior"]["kernel_size"] == 5
+
+
 @pytest.fixture(scope="module")
 def straight_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A cosine-schedule run of 300 steps, straight through (the reference for interrupted ones)."""

@@ -5,7 +5,7 @@ import torch
 
 from brainvq.config import PriorConfig
 from brainvq.models.pixelcnn import build_prior
-from brainvq.sample import RowCache, draw, sample_codes, slice_conditions, window_logits
+from brainvq.sample import RowCache, draw, nucleus, sample_codes, slice_conditions, window_logits
 
 
 def _prior(arch: str, conditioned: bool, size: int = 64) -> torch.nn.Module:
@@ -190,6 +190,18 @@ def test_conditioned_bottom_prior_caches_equal_full_pass(arch: str) -> None:
         prior(codes, condition)
 
 
+def test_nucleus_keeps_the_smallest_set_that_reaches_top_p() -> None:
+    logits = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3], [0.25, 0.25, 0.25, 0.25]]))
+    assert torch.isfinite(nucleus(logits, 0.8)).tolist() == [[False, True, False, True], [True, True, True, True]]
+    assert torch.isfinite(nucleus(logits, 0.5)).tolist()[0] == [False, True, False, False]  # 0.5 reaches 0.5
+    assert torch.isfinite(nucleus(logits, 0.01)).sum(1).tolist() == [1, 1]  # the most likely code stays
+    assert torch.equal(nucleus(logits, 1.0), logits)
+    many = logits[:1].repeat(20000, 1)
+    drawn = torch.bincount(draw(many, 1.0, torch.Generator().manual_seed(0), top_p=0.8), minlength=4) / 20000
+    assert drawn[0] == 0 and drawn[2] == 0  # never outside the nucleus
+    assert torch.allclose(drawn[[1, 3]], torch.tensor([0.5 / 0.8, 0.3 / 0.8]), atol=0.015)  # renormalised
+
+
 @pytest.mark.parametrize("arch", ["pixelcnn", "gated"])
 def test_conditioned_bottom_fast_sampler_equals_naive(arch: str) -> None:
     prior = _conditioned_bottom(arch)
@@ -198,6 +210,9 @@ def test_conditioned_bottom_fast_sampler_equals_naive(arch: str) -> None:
     fast = sample_codes(prior, 3, (16, 16), sampler="fast", **kwargs)
     assert torch.equal(fast, sample_codes(prior, 3, (16, 16), sampler="naive", **kwargs))
     assert len(fast.unique()) > 3
+    nucleus_fast = sample_codes(prior, 3, (16, 16), sampler="fast", top_p=0.7, **kwargs)
+    assert torch.equal(nucleus_fast, sample_codes(prior, 3, (16, 16), sampler="naive", top_p=0.7, **kwargs))
+    assert not torch.equal(nucleus_fast, fast)
 
 
 def test_transformer_cached_sampler_equals_uncached() -> None:

@@ -142,15 +142,26 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 def _stage_config(args: argparse.Namespace, stage: str, section: str, run: Path | None = None) -> Any:
     """The config a training command runs with.
 
-    A new stage: defaults, then ``--config``, ``--set``, ``--data`` and the stop flags. A resumed
-    stage (``--resume``): the run's own saved config, then only the keys the user gave on purpose,
-    each of which is reported, so a resume never silently falls back to defaults.
+    A new stage: defaults, then ``--config``, ``--set``, ``--data`` and the stop flags. A new stage
+    of an existing run (its first prior, or ``--force``) without ``--config``/``--preset``: the run's
+    saved ``config.yaml`` in place of the defaults, so the preset the run was made with still holds
+    (budgets, prior architecture) and ``--set`` changes only what it names. A resumed stage
+    (``--resume``): the run's own saved config, then only the keys the user gave on purpose, each of
+    which is reported, so a resume never silently falls back to defaults.
     """
-    from brainvq.config import apply_overrides
+    from brainvq.config import apply_overrides, load_config
+    from brainvq.runs import RunDir
     from brainvq.train import resumed_config
 
     if not args.resume:
-        return apply_overrides(_config(args), _stop_overrides(args, section))
+        saved = RunDir(run or args.run).config
+        if args.config is not None or getattr(args, "preset", None) or not saved.is_file():
+            return apply_overrides(_config(args), _stop_overrides(args, section))
+        config = load_config(saved, list(args.set or []) + _stop_overrides(args, section))
+        if getattr(args, "data", None):
+            config.data.root = str(args.data)
+        print(f"[{stage}] starting from the run's saved config ({saved})", file=sys.stderr)
+        return config
     overrides = list(args.set or []) + _stop_overrides(args, section)
     config, changed = resumed_config(run or args.run, stage, overrides, args.config)
     if getattr(args, "data", None) and str(args.data) != config.data.root:
@@ -215,6 +226,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         args.n,
         seed=args.seed,
         temperature=args.temperature,
+        top_p=args.top_p,
         slice_index=args.slice,
         batch_size=args.batch_size,
         sampler=args.sampler,
@@ -313,17 +325,18 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
         raise BrainVQError("give exactly one of --samples DIR or --run RUN (with --n N)")
     judge = load_judge(args.judge, args.device)
     loaded, out, suffix = None, args.out, ""
-    if args.temperature is not None and args.run is None:
-        raise BrainVQError("--temperature needs --run (a folder of PNGs was drawn already)")
+    if (args.temperature is not None or args.top_p is not None) and args.run is None:
+        raise BrainVQError("--temperature and --top-p need --run (a folder of PNGs was drawn already)")
     if args.run is not None:
         loaded = load_run(args.run, args.device)
         temperature = loaded.config.sample.temperature if args.temperature is None else args.temperature
-        suffix = ("" if args.seed == 0 else f"_seed{args.seed}") + temperature_suffix(temperature)
+        top_p = loaded.config.sample.top_p if args.top_p is None else args.top_p
+        suffix = ("" if args.seed == 0 else f"_seed{args.seed}") + temperature_suffix(temperature, top_p)
         folder = draw_for_realism(
-            loaded, args.real, args.split, args.n, seed=args.seed, temperature=temperature, device=args.device,
-            progress=not args.json,
+            loaded, args.real, args.split, args.n, seed=args.seed, temperature=temperature, top_p=top_p,
+            device=args.device, progress=not args.json,
         )  # fmt: skip
-        samples = folder_set(folder, f"samples ({args.run}, T={temperature:g})")
+        samples = folder_set(folder, f"samples ({args.run}, T={temperature:g}, top-p {top_p:g})")
         out = out or loaded.root.root
     else:
         samples = folder_set(args.samples, f"samples ({args.samples})")
@@ -346,7 +359,7 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
         figures=figures,
     )
     if loaded is not None:
-        result["temperature"] = temperature
+        result["temperature"], result["top_p"] = temperature, top_p
     if out:
         from brainvq.files import atomic_write_json
 
@@ -574,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, help="default: the run's sample.temperature")
+    p.add_argument("--top-p", type=float, help="nucleus sampling below 1 (default: the run's sample.top_p)")
     p.add_argument("--slice", type=int, help="slice index to condition on (slice-conditioned priors)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--sampler", choices=("fast", "naive"), default="fast")
@@ -611,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--temperature", type=float, help="with --run: sampling temperature (default: the run's config)"
     )
+    p.add_argument("--top-p", type=float, help="with --run: nucleus sampling below 1 (default: the run's config)")
     p.add_argument("--out", type=Path, help="where metrics/ and figures/ go (default: the run)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")

@@ -178,11 +178,13 @@ class JudgeConfig:
 
 @dataclass
 class SampleConfig:
-    """Ancestral sampling from the prior."""
+    """Ancestral sampling from the prior: ``temperature`` divides the logits, ``top_p`` below 1 draws
+    each code from its nucleus only (Holtzman et al. 2020; :func:`brainvq.sample.nucleus`)."""
 
     n: int = 16
     batch_size: int = 16
     temperature: float = 1.0
+    top_p: float = 1.0
     sampler: str = "fast"
     seed: int = 0
 
@@ -283,6 +285,8 @@ class Config:
                 raise ConfigError(f"config key '{section}.dropout': must be in [0, 1), got {prior.dropout}")
         if self.sample.temperature < 0:
             raise ConfigError(f"config key 'sample.temperature': must be >= 0, got {self.sample.temperature}")
+        if not 0 < self.sample.top_p <= 1:
+            raise ConfigError(f"config key 'sample.top_p': must be in (0, 1], got {self.sample.top_p}")
         return self
 
 

@@ -185,6 +185,7 @@ def sample_run(
     *,
     seed: int = 0,
     temperature: float | None = None,
+    top_p: float | None = None,
     slice_index: int | list[int] | None = None,
     batch_size: int = 16,
     sampler: str = "fast",
@@ -195,7 +196,7 @@ def sample_run(
 ) -> dict[str, Any]:
     """Generate ``n`` slices; write them as PNGs plus ``grid.png`` and ``samples.json`` (with the
     hashes of the checkpoints that made them) under ``out`` (default RUN/samples). ``temperature``
-    defaults to the run's ``sample.temperature``. ``record`` also makes this the run's sampling
+    and ``top_p`` default to the run's ``sample`` config. ``record`` also makes this the run's sampling
     record (``RUN/metrics/sampling.json``, which the report shows)."""
     device_ = resolve_device(device)
     loaded = load_run(run_root, device_)
@@ -205,6 +206,7 @@ def sample_run(
         n,
         seed=seed,
         temperature=temperature,
+        top_p=top_p,
         slice_index=slice_index,
         batch_size=batch_size,
         sampler=sampler,
@@ -222,7 +224,9 @@ def sample_run(
         result.images,
         out_dir / "grid.png",
         titles=titles,
-        title=f"{n} samples (seed {seed}, T={result.temperature}, {sampler} sampler)",
+        title=f"{n} samples (seed {seed}, T={result.temperature}"
+        + (f", top-p {result.top_p:g}" if result.top_p < 1 else "")
+        + f", {sampler} sampler)",
     )
     summary = {
         "n": n,
@@ -233,6 +237,7 @@ def sample_run(
         "sampler": sampler,
         "seed": seed,
         "temperature": result.temperature,
+        "top_p": result.top_p,
         "batch_size": batch_size,
         "slices": result.slices,
         "device": str(device_),
@@ -250,9 +255,10 @@ def sample_run(
     return summary
 
 
-def temperature_suffix(temperature: float) -> str:
-    """How file names of realism samples and scores mark a temperature other than 1."""
-    return "" if temperature == 1.0 else f"_T{temperature:g}"
+def temperature_suffix(temperature: float, top_p: float = 1.0) -> str:
+    """How file names of realism samples and scores mark a temperature other than 1 (``_T0.8``) and
+    a nucleus below 1 (``_p0.9``)."""
+    return ("" if temperature == 1.0 else f"_T{temperature:g}") + ("" if top_p == 1.0 else f"_p{top_p:g}")
 
 
 def draw_for_realism(
@@ -263,14 +269,15 @@ def draw_for_realism(
     *,
     seed: int = 0,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     device: str = "auto",
     progress: bool = True,
 ) -> Path:
     """The folder of ``n`` samples that ``evaluate-samples --run`` scores: RUN/samples/realism_nN_seedS
-    (``_T…`` below or above temperature 1). A slice-conditioned run draws them for the real split's
+    (``_T…`` below or above temperature 1, ``_p…`` for a nucleus below 1). A slice-conditioned run draws them for the real split's
     mix of slices (:func:`brainvq.realism.matching_slices`). They are drawn again whenever a
-    checkpoint, the temperature or the slices differ from what the folder's ``samples.json`` says."""
-    folder = loaded.root.samples / f"realism_n{n}_seed{seed}{temperature_suffix(temperature)}"
+    checkpoint, the temperature, the nucleus or the slices differ from what the folder's ``samples.json`` says."""
+    folder = loaded.root.samples / f"realism_n{n}_seed{seed}{temperature_suffix(temperature, top_p)}"
     slices = None
     if any(p is not None and p.config.condition_on_slice for p in (loaded.prior, loaded.top_prior)):
         real = load_split(real_root, split, in_memory=False).slice_indices()
@@ -280,14 +287,16 @@ def draw_for_realism(
         "prior_hash": loaded.prior_hash,
         "top_prior_hash": loaded.top_prior_hash,
         "temperature": temperature,
+        "top_p": top_p,
     }
     if slices is not None:
         wanted["slices"] = slices
     record = folder / "samples.json"
     drawn = json.loads(record.read_text()) if record.is_file() else {}
+    drawn.setdefault("top_p", 1.0)  # folders drawn before top_p existed used the full distribution
     if any(drawn.get(key) != value for key, value in wanted.items()):
-        sample_run(loaded.root.root, n, seed=seed, temperature=temperature, slice_index=slices, out=folder,
-                   device=device, progress=progress, record=False)  # fmt: skip
+        sample_run(loaded.root.root, n, seed=seed, temperature=temperature, top_p=top_p, slice_index=slices,
+                   out=folder, device=device, progress=progress, record=False)  # fmt: skip
     return folder
 
 
@@ -415,6 +424,7 @@ def run_pipeline(
             samples,
             seed=config.sample.seed,
             temperature=config.sample.temperature,
+            top_p=config.sample.top_p,
             batch_size=config.sample.batch_size,
             sampler=config.sample.sampler,
             device=device,

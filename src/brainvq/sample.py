@@ -52,12 +52,26 @@ class SampleResult:
     sampler: str
     seed: int
     temperature: float
+    top_p: float = 1.0
     paths: list[str] = field(default_factory=list)
     top_codes: torch.Tensor | None = None  # (N, h/t, w/t) int64, two-level runs only
 
 
-def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """Sample one code per row of ``logits`` (B, K) from softmax(logits / temperature) (Gumbel-max).
+def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``logits`` (B, K) with every code outside the nucleus set to -inf: the nucleus is the smallest
+    set of most likely codes whose probabilities sum to at least ``top_p`` (nucleus or top-p
+    sampling, Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"). It cuts the
+    long tail of unlikely codes that an imperfect prior still gives mass to."""
+    probs = torch.softmax(logits.float(), dim=1)
+    sorted_probs, order = probs.sort(dim=1, descending=True)
+    keep_sorted = sorted_probs.cumsum(dim=1) - sorted_probs < top_p  # the most likely code always stays
+    keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+    return logits.float().masked_fill(~keep, float("-inf"))
+
+
+def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator, top_p: float = 1.0) -> torch.Tensor:
+    """Sample one code per row of ``logits`` (B, K) from softmax(logits / temperature) (Gumbel-max),
+    restricted to the :func:`nucleus` of probability ``top_p`` when it is below 1.
 
     Always draws (B, K) uniforms from ``generator`` so the random stream does not depend on values.
     """
@@ -65,8 +79,11 @@ def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator) -
     uniform = uniform.clamp_(1e-20, 1.0 - 1e-7).to(logits.device)
     if temperature <= 0:
         return logits.argmax(1)
+    scaled = logits.float() / temperature
+    if top_p < 1.0:
+        scaled = nucleus(scaled, top_p)
     gumbel = -torch.log(-torch.log(uniform))
-    return (logits.float() / temperature + gumbel).argmax(1)
+    return (scaled + gumbel).argmax(1)
 
 
 def _apply(state: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State:
@@ -230,6 +247,7 @@ def sample_codes(
     *,
     generator: torch.Generator | int = 0,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     condition: torch.Tensor | None = None,
     context: torch.Tensor | None = None,
     sampler: str = "fast",
@@ -247,8 +265,8 @@ def sample_codes(
     codes = torch.zeros(num_samples, *shape, dtype=torch.long)
     everywhere = torch.ones(num_samples, *shape, dtype=torch.bool)
     return resample_codes(
-        prior, codes, everywhere, generator=generator, temperature=temperature, condition=condition,
-        context=context, sampler=sampler, batch_size=batch_size, device=device, progress=progress,
+        prior, codes, everywhere, generator=generator, temperature=temperature, top_p=top_p,
+        condition=condition, context=context, sampler=sampler, batch_size=batch_size, device=device, progress=progress,
     )  # fmt: skip
 
 
@@ -260,6 +278,7 @@ def resample_codes(
     *,
     generator: torch.Generator | int = 0,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     condition: torch.Tensor | None = None,
     context: torch.Tensor | None = None,
     sampler: str = "fast",
@@ -305,7 +324,7 @@ def resample_codes(
                 if not bool(redraw[:, i, j].any()):
                     continue
                 logits = cache.logits(i, j) if cache is not None else prior(batch, cond, top)[:, :, i, j]
-                drawn = draw(logits, temperature, generator)
+                drawn = draw(logits, temperature, generator, top_p)
                 batch[:, i, j] = torch.where(redraw[:, i, j], drawn, batch[:, i, j])
                 bar.update(int(redraw[:, i, j].sum()))
             if cache is not None:
@@ -359,6 +378,7 @@ def sample(
     *,
     seed: int = 0,
     temperature: float | None = None,
+    top_p: float | None = None,
     slice_index: SliceRequest = None,
     batch_size: int = 16,
     sampler: str = "fast",
@@ -368,10 +388,14 @@ def sample(
     """Generate ``num_samples`` new slices with a loaded run (see :func:`brainvq.load_run`).
 
     ``temperature`` divides the logits of both levels (below 1: more typical, less varied codes) and
-    defaults to the run's ``sample.temperature``. ``device`` defaults to the device the run was
+    defaults to the run's ``sample.temperature``; ``top_p`` (below 1: draw each code from its
+    :func:`nucleus` only) to the run's ``sample.top_p``. ``device`` defaults to the device the run was
     loaded on (a GPU when one was visible)."""
     prior = run.require_prior()
     temperature = run.config.sample.temperature if temperature is None else temperature
+    top_p = run.config.sample.top_p if top_p is None else top_p
+    if not 0 < top_p <= 1:
+        raise RunError(f"top_p must be in (0, 1], got {top_p}")
     device = resolve_device(device) if device is not None else run.device
     prior, vqvae = prior.to(device).eval(), run.vqvae.to(device).eval()
     two_levels = getattr(vqvae, "num_levels", 1) == 2
@@ -379,8 +403,8 @@ def sample(
     condition, top_condition = _level_conditions(num_samples, prior, top_prior, slice_index)
     generator = torch.Generator().manual_seed(seed)
     options: dict[str, Any] = dict(
-        generator=generator, temperature=temperature, sampler=sampler, batch_size=batch_size, device=device,
-        progress=progress,
+        generator=generator, temperature=temperature, top_p=top_p, sampler=sampler, batch_size=batch_size,
+        device=device, progress=progress,
     )  # fmt: skip
     started = time.perf_counter()
     top = None
@@ -410,4 +434,5 @@ def sample(
         sampler=sampler,
         seed=seed,
         temperature=temperature,
+        top_p=top_p,
     )
