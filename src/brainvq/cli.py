@@ -139,6 +139,16 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 1 if report["problems"] else 0
 
 
+def _data_override(args: argparse.Namespace, config: Any) -> list[str]:
+    """Point ``config.data.root`` at ``--data`` when given; the change it made, for the report."""
+    data = getattr(args, "data", None)
+    if not data or str(data) == config.data.root:
+        return []
+    change = f"data.root: {config.data.root!r} -> {str(data)!r}"
+    config.data.root = str(data)
+    return [change]
+
+
 def _stage_config(args: argparse.Namespace, stage: str, section: str, run: Path | None = None) -> Any:
     """The config a training command runs with.
 
@@ -158,15 +168,12 @@ def _stage_config(args: argparse.Namespace, stage: str, section: str, run: Path 
         if args.config is not None or getattr(args, "preset", None) or not saved.is_file():
             return apply_overrides(_config(args), _stop_overrides(args, section))
         config = load_config(saved, list(args.set or []) + _stop_overrides(args, section))
-        if getattr(args, "data", None):
-            config.data.root = str(args.data)
+        _data_override(args, config)
         print(f"[{stage}] starting from the run's saved config ({saved})", file=sys.stderr)
         return config
     overrides = list(args.set or []) + _stop_overrides(args, section)
     config, changed = resumed_config(run or args.run, stage, overrides, args.config)
-    if getattr(args, "data", None) and str(args.data) != config.data.root:
-        changed.append(f"data.root: {config.data.root!r} -> {str(args.data)!r}")
-        config.data.root = str(args.data)
+    changed += _data_override(args, config)
     note = "; overridden: " + ", ".join(changed) if changed else " (nothing overridden)"
     print(f"[{stage}] resuming with the run's saved config{note}", file=sys.stderr)
     return config
@@ -317,7 +324,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     from brainvq.data import available_splits, is_oasis_root
     from brainvq.judge import load_judge
-    from brainvq.pipeline import draw_for_realism, temperature_suffix
+    from brainvq.pipeline import draw_for_realism, sampling_suffix
     from brainvq.realism import evaluate_samples, folder_set, vqvae_reconstructor
     from brainvq.runs import load_run
 
@@ -331,7 +338,7 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
         loaded = load_run(args.run, args.device)
         temperature = loaded.config.sample.temperature if args.temperature is None else args.temperature
         top_p = loaded.config.sample.top_p if args.top_p is None else args.top_p
-        suffix = ("" if args.seed == 0 else f"_seed{args.seed}") + temperature_suffix(temperature, top_p)
+        suffix = ("" if args.seed == 0 else f"_seed{args.seed}") + sampling_suffix(temperature, top_p)
         folder = draw_for_realism(
             loaded, args.real, args.split, args.n, seed=args.seed, temperature=temperature, top_p=top_p,
             device=args.device, progress=not args.json,

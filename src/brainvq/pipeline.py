@@ -255,7 +255,7 @@ def sample_run(
     return summary
 
 
-def temperature_suffix(temperature: float, top_p: float = 1.0) -> str:
+def sampling_suffix(temperature: float, top_p: float = 1.0) -> str:
     """How file names of realism samples and scores mark a temperature other than 1 (``_T0.8``) and
     a nucleus below 1 (``_p0.9``)."""
     return ("" if temperature == 1.0 else f"_T{temperature:g}") + ("" if top_p == 1.0 else f"_p{top_p:g}")
@@ -277,7 +277,7 @@ def draw_for_realism(
     (``_T…`` below or above temperature 1, ``_p…`` for a nucleus below 1). A slice-conditioned run draws them for the real split's
     mix of slices (:func:`brainvq.realism.matching_slices`). They are drawn again whenever a
     checkpoint, the temperature, the nucleus or the slices differ from what the folder's ``samples.json`` says."""
-    folder = loaded.root.samples / f"realism_n{n}_seed{seed}{temperature_suffix(temperature, top_p)}"
+    folder = loaded.root.samples / f"realism_n{n}_seed{seed}{sampling_suffix(temperature, top_p)}"
     slices = None
     if any(p is not None and p.config.condition_on_slice for p in (loaded.prior, loaded.top_prior)):
         real = load_split(real_root, split, in_memory=False).slice_indices()
