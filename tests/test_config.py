@@ -14,6 +14,7 @@ def test_defaults_are_the_best_measured_and_seed_yaml_keeps_the_seed_design() ->
     assert config.model.commitment_cost == 0.25
     assert config.prior.arch == "pixelcnn" and config.prior.num_layers == 8
     assert config.prior.condition_on_slice and config.prior.positional
+    assert (config.prior_train.batch_size, config.prior_train.lr) == (8, 2e-3)  # oasis-cpu's, README
     seed = load_config(find_preset("seed"))
     assert seed.prior == PriorConfig() and seed.prior.num_layers == 2 and not seed.prior.condition_on_slice
     assert seed.model.levels == 1 and seed.model.num_embeddings == 512 and seed.model.embedding_dim == 64
@@ -64,9 +65,11 @@ def test_bad_yaml_names_the_file(tmp_path: Path) -> None:
 
 
 def test_presets_load() -> None:
-    for name in ("demo", "oasis-cpu", "oasis-gpu"):
+    for name in ("demo", "oasis-cpu", "oasis-cpu-2level", "oasis-gpu"):
         config = load_config(find_preset(name))
         assert isinstance(config, Config)
+    two_levels = load_config(find_preset("oasis-cpu-2level"))  # the recipe measured best (README, "Two levels")
+    assert two_levels.model.levels == 2 and two_levels.model.bottom_dropout == 0.5
     with pytest.raises(ConfigError, match="preset 'nope' not found"):
         find_preset("nope")
 

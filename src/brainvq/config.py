@@ -199,14 +199,16 @@ class Config:
         default_factory=lambda: PriorConfig(num_layers=8, condition_on_slice=True, positional=True)
     )  # the best prior measured on OASIS (oasis-cpu's); PriorConfig() alone is the seed's 2-block PixelCNN
     train: TrainConfig = field(default_factory=TrainConfig)
-    prior_train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, lr=1e-3))
+    prior_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(batch_size=8, lr=2e-3)
+    )  # on a 2-core CPU batch 8 learns most per minute: 2.02 bits in 20 min against 2.87 at batch 32
     top_prior: PriorConfig = field(
         default_factory=lambda: PriorConfig(
             arch="transformer", embedding_dim=256, hidden_channels=256, num_layers=6, num_heads=8,
             dropout=0.1, condition_on_slice=True, positional=True,
         )
     )  # fmt: skip
-    top_prior_train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, lr=5e-4))
+    top_prior_train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=8, lr=5e-4))
     fabric: FabricConfig = field(default_factory=FabricConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
