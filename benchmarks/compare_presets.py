@@ -6,7 +6,7 @@
 Runs, one after another (so that each time-budgeted stage has the CPU to itself), what a user
 would run by hand:
 
-1. ``brainvq train-judge --data DATA --out OUT/judge --max-minutes M`` (skipped when OUT/judge exists);
+1. ``brainvq train-judge --data DATA --out OUT/judge --max-minutes M`` (skipped when OUT/judge/judge.json exists);
 2. ``brainvq pipeline --data DATA --run OUT/PRESET --preset PRESET`` for each preset (the pipeline
    itself skips finished stages and resumes an interrupted one);
 3. ``brainvq evaluate-samples --judge OUT/judge --real DATA --split SPLIT --run OUT/PRESET --n N
@@ -66,7 +66,7 @@ def run_all(args: argparse.Namespace) -> None:
                 continue
             brainvq(
                 "evaluate-samples", "--judge", str(judge), "--real", str(args.data), "--split", args.split,
-                "--run", str(args.out / preset), "--n", str(args.n), "--seed", str(seed), "--json",
+                "--run", str(args.out / preset), "--n", str(args.n), "--seed", str(seed),
             )  # fmt: skip
 
 
