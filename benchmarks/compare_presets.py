@@ -30,9 +30,10 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from brainvq.pipeline import realism_suffix
+
 LOWER = ("fd_judge", "kid_judge", "tissue_error", "slice_error", "memorised_fraction")
 HIGHER = ("precision", "recall")
-NEAR_REAL = ("ms_ssim_diversity",)
 SCORES = ("fd_judge", "kid_judge", "precision", "recall", "tissue_error", "slice_error", "ms_ssim_diversity")
 
 
@@ -46,8 +47,8 @@ def brainvq(*args: str) -> None:
 
 
 def realism_path(run: Path, split: str, seed: int) -> Path:
-    """Where ``evaluate-samples --run`` writes its metrics (seed 0 has no suffix)."""
-    return run / "metrics" / f"realism_{split}{'' if seed == 0 else f'_seed{seed}'}.json"
+    """Where ``evaluate-samples --run`` writes its metrics (the presets sample at temperature 1, top-p 1)."""
+    return run / "metrics" / f"realism_{split}{realism_suffix(seed, 1.0, 1.0)}.json"
 
 
 def run_all(args: argparse.Namespace) -> None:
@@ -113,7 +114,7 @@ def targets(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], flo
             better = new[k] < base[k] or new[k] == base[k] == 0
         elif k in HIGHER:
             better = new[k] > base[k]
-        else:
+        else:  # diversity: nearer the real value
             better = abs(new[k] - floor[k]) < abs(base[k] - floor[k])
         print(f"  {'ok ' if better else 'NO '} {k}: {new[k]:.4g} against {base[k]:.4g} (real {floor[k]:.4g})")
     for k in ("fd_judge", "tissue_error"):

@@ -324,7 +324,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     from brainvq.data import available_splits, is_oasis_root
     from brainvq.judge import load_judge
-    from brainvq.pipeline import draw_for_realism, sampling_suffix
+    from brainvq.pipeline import draw_for_realism, realism_suffix
     from brainvq.realism import evaluate_samples, folder_set, vqvae_reconstructor
     from brainvq.runs import load_run
 
@@ -338,7 +338,7 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
         loaded = load_run(args.run, args.device)
         temperature = loaded.config.sample.temperature if args.temperature is None else args.temperature
         top_p = loaded.config.sample.top_p if args.top_p is None else args.top_p
-        suffix = ("" if args.seed == 0 else f"_seed{args.seed}") + sampling_suffix(temperature, top_p)
+        suffix = realism_suffix(args.seed, temperature, top_p)
         folder = draw_for_realism(
             loaded, args.real, args.split, args.n, seed=args.seed, temperature=temperature, top_p=top_p,
             device=args.device, progress=not args.json,

@@ -261,6 +261,12 @@ def sampling_suffix(temperature: float, top_p: float = 1.0) -> str:
     return ("" if temperature == 1.0 else f"_T{temperature:g}") + ("" if top_p == 1.0 else f"_p{top_p:g}")
 
 
+def realism_suffix(seed: int, temperature: float, top_p: float = 1.0) -> str:
+    """How ``evaluate-samples --run`` marks its scores and figures (``RUN/metrics/realism_{split}{suffix}.json``):
+    ``_seedS`` for a seed other than 0, then :func:`sampling_suffix`."""
+    return ("" if seed == 0 else f"_seed{seed}") + sampling_suffix(temperature, top_p)
+
+
 def draw_for_realism(
     loaded: LoadedRun,
     real_root: str | Path,
