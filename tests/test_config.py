@@ -91,6 +91,7 @@ def test_partial_dict_keeps_defaults() -> None:
         ("train.checkpoint_every_steps=0", "must be positive"),
         ("model.bottom_dropout=1.0", "must be at least 0 and below 1"),
         ("model.bottom_corruption=-0.1", "must be at least 0 and below 1"),
+        ("model.bottom_dropout_weight=0", "config key 'model.bottom_dropout_weight': must be positive"),
         ("fabric.accelerator=tpu", "config key 'fabric.accelerator'"),
     ],
 )

@@ -55,6 +55,10 @@ class ModelConfig:
     bottom vectors zeroed), so that the top map must carry the image's structure; without it the
     decoder can read everything from the bottom map and ignore the top one (the failure Jukebox,
     Dhariwal et al. 2020, sec. 3, avoids with separate decoders per level).
+    ``bottom_dropout_weight``: the weight of those images in the reconstruction loss (the others
+    weigh 1). A top-only reconstruction's squared error is about six times a full one's on OASIS,
+    so at 1 the dropped images take most of the decoder's gradient; a smaller weight gives it back
+    to the full reconstructions that validation measures.
     ``bottom_corruption``: the fraction of bottom codes that the decoder sees swapped for random
     codes in training, so that it learns to overrule codes that disagree with the top map and their
     neighbours, as a sampled bottom map's mistakes do (token noise, as in denoising autoencoders,
@@ -79,6 +83,7 @@ class ModelConfig:
     top_downsample: int = 2
     top_num_embeddings: int = 512
     bottom_dropout: float = 0.0
+    bottom_dropout_weight: float = 1.0
     bottom_corruption: float = 0.0
 
 
@@ -255,6 +260,7 @@ class Config:
             "model.hidden_channels": self.model.hidden_channels,
             "judge.base_channels": self.judge.base_channels,
             "judge.depth": self.judge.depth,
+            "model.bottom_dropout_weight": self.model.bottom_dropout_weight,
         }
         for section in ("train", "prior_train", "top_prior_train", "judge_train"):
             stage = getattr(self, section)

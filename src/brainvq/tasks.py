@@ -41,21 +41,33 @@ SNAPSHOT_IMAGES = 4
 
 
 def reconstruction_loss(
-    kind: str, prediction: torch.Tensor, recon: torch.Tensor, target: torch.Tensor, ssim_weight: float
+    kind: str,
+    prediction: torch.Tensor,
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    ssim_weight: float,
+    image_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``mse`` (default), ``l1`` or ``mse+ssim`` (MSE + w * (1 - SSIM), as the seed's driver did).
 
     ``prediction`` is what the pixel losses see (the unclamped decoder output with ``output=clamp``),
-    ``recon`` the image in [0, 1] that SSIM sees.
+    ``recon`` the image in [0, 1] that SSIM sees. ``image_weights`` (B,): a weighted mean over the
+    images instead of the plain mean (see ``model.bottom_dropout_weight``).
     """
     prediction = prediction.float()
+    squared_error = ((prediction - target) ** 2).mean(dim=(1, 2, 3))  # (B,)
     if kind == "mse":
-        return F.mse_loss(prediction, target)
-    if kind == "l1":
-        return F.l1_loss(prediction, target)
-    if kind == "mse+ssim":
-        return F.mse_loss(prediction, target) + ssim_weight * (1 - ssim_per_image(recon, target).mean())
-    raise ValueError(f"train.recon_loss must be 'mse', 'l1' or 'mse+ssim', got {kind!r}")
+        per_image = squared_error
+    elif kind == "l1":
+        per_image = (prediction - target).abs().mean(dim=(1, 2, 3))
+    elif kind == "mse+ssim":
+        per_image = squared_error + ssim_weight * (1 - ssim_per_image(recon, target))
+    else:
+        raise ValueError(f"train.recon_loss must be 'mse', 'l1' or 'mse+ssim', got {kind!r}")
+    if image_weights is None:
+        return per_image.mean()
+    weights = image_weights.to(per_image.dtype)
+    return (weights * per_image).sum() / weights.sum()
 
 
 class SliceTask(Task):
@@ -96,8 +108,9 @@ class VQVAETask(SliceTask):
         output = model(images)
         prediction = output.decoded if self.config.model.output == "clamp" else output.recon
         recon = reconstruction_loss(
-            self.train_config.recon_loss, prediction, output.recon, images, self.train_config.ssim_weight
-        )
+            self.train_config.recon_loss, prediction, output.recon, images, self.train_config.ssim_weight,
+            self.image_weights(output.kept),
+        )  # fmt: skip
         loss = recon + output.vq_loss
         logs = {
             "loss": loss.item(),
@@ -108,6 +121,13 @@ class VQVAETask(SliceTask):
         if output.top_perplexity is not None:
             logs["top_perplexity"] = output.top_perplexity.item()
         return StepOutput(loss, logs, output.counts.detach())
+
+    def image_weights(self, kept: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-image loss weights (B,): ``model.bottom_dropout_weight`` for dropped images, 1 for the rest."""
+        weight = self.config.model.bottom_dropout_weight
+        if kept is None or weight == 1.0:
+            return None
+        return torch.where(kept, 1.0, weight)
 
     def on_step(self, output: StepOutput) -> None:
         self.epoch_counts += output.extra.double().cpu()

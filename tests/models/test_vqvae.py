@@ -136,6 +136,10 @@ def test_bottom_dropout_makes_some_training_images_decode_from_the_top_alone() -
     kept = (out.recon - both).flatten(1).abs().amax(1) < 1e-5
     assert bool((dropped ^ kept).all())  # each image took exactly one path
     assert 16 < int(dropped.sum()) < 48  # about half of 64 dropped
+    assert out.kept is not None and torch.equal(out.kept, kept)  # the output says which path each took
+    model.eval()
+    kept_in_eval = model(x[:4]).kept
+    assert kept_in_eval is not None and bool(kept_in_eval.all())
 
 
 def test_bottom_corruption_swaps_that_fraction_of_bottom_codes_for_codebook_entries_in_training() -> None:

@@ -57,6 +57,7 @@ class VQVAEOutput(NamedTuple):
     top_indices: torch.Tensor | None = None  # (B, h/t, w/t) int64, two-level models only
     top_perplexity: torch.Tensor | None = None
     top_counts: torch.Tensor | None = None  # (K_top,)
+    kept: torch.Tensor | None = None  # (B,) bool: the decoder saw the image's bottom codes (False: dropped)
 
 
 class TwoLevelCodes(NamedTuple):
@@ -267,7 +268,10 @@ class TwoLevelVQVAE(nn.Module):
         top = self.top_quantizer(self.top_encoder(features))
         guided = torch.cat([features, self.top_decoder(top.quantized.to(features.dtype))], 1)  # (B, hid+D, h, w)
         bottom = self.quantizer(self.encoder.project(guided))
-        bottom_vectors = self._drop(self._corrupt(bottom.quantized))
+        corrupted = self._corrupt(bottom.quantized)
+        kept = self._kept(x.shape[0], x.device)
+        keep = kept.to(corrupted.dtype).view(-1, 1, 1, 1)  # (B,) -> (B, 1, 1, 1)
+        bottom_vectors = corrupted * keep  # (B, D, h, w), dropped images zeroed
         decoded = self.decoder(self._decoder_input(top.quantized, bottom_vectors, x.dtype))
         return VQVAEOutput(
             recon=self._to_image(decoded),
@@ -281,6 +285,7 @@ class TwoLevelVQVAE(nn.Module):
             top_indices=top.indices,
             top_perplexity=top.perplexity,
             top_counts=top.counts,
+            kept=kept,
         )
 
     def _corrupt(self, bottom: torch.Tensor) -> torch.Tensor:
@@ -292,12 +297,12 @@ class TwoLevelVQVAE(nn.Module):
         random_codes = torch.randint(self.config.num_embeddings, (batch, height, width), device=bottom.device)
         return torch.where(swap, self.quantizer.lookup(random_codes).to(bottom.dtype), bottom)  # (B, D, h, w)
 
-    def _drop(self, bottom: torch.Tensor) -> torch.Tensor:
-        """In training, zero the bottom vectors of a ``bottom_dropout`` fraction of the images."""
+    def _kept(self, batch: int, device: torch.device) -> torch.Tensor:
+        """Which images (B,) keep their bottom vectors: in training, a ``bottom_dropout`` fraction
+        is dropped (the decoder sees their top codes alone); in eval, all are kept."""
         if not self.training or self.config.bottom_dropout <= 0:
-            return bottom
-        keep = torch.rand(bottom.shape[0], 1, 1, 1, device=bottom.device) >= self.config.bottom_dropout
-        return bottom * keep.to(bottom.dtype)  # (B, D, h, w), whole images dropped
+            return torch.ones(batch, dtype=torch.bool, device=device)
+        return torch.rand(batch, device=device) >= self.config.bottom_dropout
 
     def _decoder_input(self, top: torch.Tensor, bottom: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         upsampled = self.top_upsample(top.to(dtype))
