@@ -84,6 +84,8 @@ def test_train_copies_are_memorised_fresh_subjects_are_not_and_blur_scores_worse
     blurred.mkdir()
     for path in (fresh_root / "keras_png_slices_train").iterdir():
         Image.open(path).filter(ImageFilter.GaussianBlur(2)).save(blurred / path.name)
+    for cached in (trained_judge / "cache").glob("real_*.pt"):
+        cached.unlink()  # the first call below judges the real split, the next two read it back
     results = {}
     for name, folder in (
         ("copies", copies),
@@ -104,3 +106,6 @@ def test_train_copies_are_memorised_fresh_subjects_are_not_and_blur_scores_worse
     assert keys <= set(fresh) and keys <= set(fresh["reference"]["real"])
     assert fresh["judge_hash"] == copies_scores["judge_hash"] and "not comparable to FID" in fresh["note"]
     assert fresh["slice_error"] is not None  # OASIS-style names give the slice index
+    assert len(list((trained_judge / "cache").glob("real_*.pt"))) == 1
+    assert fresh["reference"]["real"] == copies_scores["reference"]["real"] == blur["reference"]["real"]
+    assert fresh["memorisation_threshold_ssim"] == copies_scores["memorisation_threshold_ssim"]

@@ -18,7 +18,9 @@ all measured with brainvq's own judge (see :mod:`brainvq.judge`), never with Inc
 
 Every number comes with references on the same scale: real slices (half of the split's subjects
 scored against the other half, the floor) and, when a run is given, the VQ-VAE's reconstructions of
-them (what the decoder alone allows). All sets are compared with the same real half.
+them (what the decoder alone allows). All sets are compared with the same real half. The judge's
+view of the train split and of the real split (with each real slice's nearest training image) is
+cached in the judge's folder, so scoring another set against the same split skips both.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -305,8 +307,7 @@ def build_reference(
     judge.check_size(train.image_size, train.records[0].path.parent)
     train_features = _train_features(judge, train, cache)
     whole = ImageSet(f"real {split}", pixels, slices)
-    whole_judged = judge_set(judge, whole)
-    nn_real, nn_index = nearest_neighbour_ssim(whole, whole_judged.features, train, train_features)
+    whole_judged, nn_real, nn_index = judged_real(judge, whole, real, train, train_features, cache)
 
     def part(mask: torch.Tensor) -> Judged:
         return Judged(whole_judged.features[mask], whole_judged.fractions[mask], whole_judged.slice_pred[mask])
@@ -330,6 +331,40 @@ def _train_features(judge: LoadedJudge, train: SliceDataset, cache: Path | None)
     if path is not None:
         atomic_torch_save(path, features)
     return features
+
+
+class JudgedReal(NamedTuple):
+    """The judge's view of a real split and each slice's nearest training image."""
+
+    judged: Judged
+    nearest_ssim: torch.Tensor  # (N,)
+    nearest_index: torch.Tensor  # (N,) into the train split
+
+
+def judged_real(
+    judge: LoadedJudge,
+    whole: ImageSet,
+    real: SliceDataset,
+    train: SliceDataset,
+    train_features: torch.Tensor,
+    cache: Path | None,
+) -> JudgedReal:
+    """The judge's view of the whole real split and each slice's nearest training image (SSIM, index):
+    the same for every set scored against this split, so cached by the judge, the real files (path,
+    size, modification time) and the training files."""
+    stamps = [f"{r.path}:{r.path.stat().st_size}:{r.path.stat().st_mtime_ns}" for r in real.records]
+    key_text = "\n".join([judge.hash, *stamps, "train", *(str(r.path) for r in train.records)])
+    path = cache / f"real_{hashlib.sha256(key_text.encode()).hexdigest()[:16]}.pt" if cache is not None else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, weights_only=True)
+        judged = Judged(saved["features"], saved["fractions"], saved["slice_pred"])
+        return JudgedReal(judged, saved["nn_ssim"], saved["nn_index"])
+    judged = judge_set(judge, whole)
+    nn_ssim, nn_index = nearest_neighbour_ssim(whole, judged.features, train, train_features)
+    if path is not None:
+        saved = {"features": judged.features, "fractions": judged.fractions, "slice_pred": judged.slice_pred}
+        atomic_torch_save(path, {**saved, "nn_ssim": nn_ssim, "nn_index": nn_index})
+    return JudgedReal(judged, nn_ssim, nn_index)
 
 
 def evaluate_samples(
