@@ -70,6 +70,7 @@ def test_presets_load() -> None:
         assert isinstance(config, Config)
     two_levels = load_config(find_preset("oasis-cpu-2level"))  # the recipe measured best (README, "Two levels")
     assert two_levels.model.levels == 2 and two_levels.model.bottom_dropout == 0.5
+    assert two_levels.model.bottom_dropout_weight == 0.1
     with pytest.raises(ConfigError, match="preset 'nope' not found"):
         find_preset("nope")
 

@@ -55,15 +55,14 @@ def reconstruction_loss(
     images instead of the plain mean (see ``model.bottom_dropout_weight``).
     """
     prediction = prediction.float()
-    squared_error = ((prediction - target) ** 2).mean(dim=(1, 2, 3))  # (B,)
-    if kind == "mse":
-        per_image = squared_error
-    elif kind == "l1":
-        per_image = (prediction - target).abs().mean(dim=(1, 2, 3))
-    elif kind == "mse+ssim":
-        per_image = squared_error + ssim_weight * (1 - ssim_per_image(recon, target))
-    else:
+    if kind not in ("mse", "l1", "mse+ssim"):
         raise ValueError(f"train.recon_loss must be 'mse', 'l1' or 'mse+ssim', got {kind!r}")
+    if kind == "l1":
+        per_image = (prediction - target).abs().mean(dim=(1, 2, 3))  # (B,)
+    else:
+        per_image = ((prediction - target) ** 2).mean(dim=(1, 2, 3))  # (B,)
+    if kind == "mse+ssim":
+        per_image = per_image + ssim_weight * (1 - ssim_per_image(recon, target))
     if image_weights is None:
         return per_image.mean()
     weights = image_weights.to(per_image.dtype)
