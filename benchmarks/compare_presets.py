@@ -30,7 +30,9 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from brainvq.config import load_config
 from brainvq.pipeline import realism_suffix
+from brainvq.sample import resolve_sampling
 
 LOWER = ("fd_judge", "kid_judge", "tissue_error", "slice_error", "memorised_fraction")
 HIGHER = ("precision", "recall")
@@ -47,8 +49,11 @@ def brainvq(*args: str) -> None:
 
 
 def realism_path(run: Path, split: str, seed: int) -> Path:
-    """Where ``evaluate-samples --run`` writes its metrics (the presets sample at temperature 1, top-p 1)."""
-    return run / "metrics" / f"realism_{split}{realism_suffix(seed, 1.0, 1.0)}.json"
+    """Where ``evaluate-samples --run`` writes its metrics, for the sampling settings of the run's
+    own config (its preset's ``sample`` section)."""
+    config = load_config(run / "config.yaml")
+    sampling = resolve_sampling(config.sample, config.model.levels)
+    return run / "metrics" / f"realism_{split}{realism_suffix(seed, sampling)}.json"
 
 
 def run_all(args: argparse.Namespace) -> None:

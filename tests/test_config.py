@@ -71,6 +71,7 @@ def test_presets_load() -> None:
     two_levels = load_config(find_preset("oasis-cpu-2level"))  # the recipe measured best (README, "Two levels")
     assert two_levels.model.levels == 2 and two_levels.model.bottom_dropout == 0.5
     assert two_levels.model.bottom_dropout_weight == 0.1
+    assert (two_levels.sample.top_p, two_levels.sample.top_map_top_p) == (0.7, 1.0)  # a nucleus: bottom only
     with pytest.raises(ConfigError, match="preset 'nope' not found"):
         find_preset("nope")
 
@@ -94,6 +95,8 @@ def test_partial_dict_keeps_defaults() -> None:
         ("model.bottom_corruption=-0.1", "must be at least 0 and below 1"),
         ("model.bottom_dropout_weight=0", "config key 'model.bottom_dropout_weight': must be positive"),
         ("fabric.accelerator=tpu", "config key 'fabric.accelerator'"),
+        ("sample.top_map_top_p=1.5", "config key 'sample.top_map_top_p': must be in (0, 1]"),
+        ("sample.top_map_temperature=-1", "config key 'sample.top_map_temperature': must be >= 0"),
     ],
 )
 def test_bad_values_are_one_line_errors_when_the_config_is_built(

@@ -302,7 +302,9 @@ def test_evaluate_samples_with_a_run(
     assert nucleus_drawn["top_p"] == 0.5 and json.loads(record.read_text())["top_p"] == 1.0
     assert (finished_run / "metrics" / "realism_validate_p0.5.json").is_file()
     assert main([*argv, "--top-p", "1.5"]) == 2 and "top_p must be in (0, 1]" in capsys.readouterr().err
-    for flag in ("--temperature", "--top-p"):
+    for flag in ("--temperature", "--top-p", "--top-map-top-p"):
         assert main(["evaluate-samples", "--judge", str(trained_judge), "--real", str(judge_data),
                      "--samples", str(finished_run / "samples"), flag, "0.5"]) == 2  # fmt: skip
-        assert "--temperature and --top-p need --run" in capsys.readouterr().err
+        assert "need --run" in capsys.readouterr().err
+    assert main([*argv, "--top-map-top-p", "0.5"]) == 2  # a one-level run has no top map
+    assert "need a two-level run" in capsys.readouterr().err

@@ -234,3 +234,35 @@ def test_transformer_cached_sampler_equals_uncached() -> None:
     fast = resample_codes(prior, cached, keep, generator=4, condition=kwargs["condition"], sampler="fast")
     naive = resample_codes(prior, cached, keep, generator=4, condition=kwargs["condition"], sampler="naive")
     assert torch.equal(fast, naive) and torch.equal(fast[:, :3], cached[:, :3])
+
+
+def test_resolve_sampling_gives_the_top_map_its_own_settings_or_the_bottoms() -> None:
+    from brainvq.config import SampleConfig
+    from brainvq.errors import RunError
+    from brainvq.pipeline import realism_suffix, sampling_suffix
+    from brainvq.sample import Sampling, describe_sampling, resolve_sampling
+
+    plain = SampleConfig()
+    assert resolve_sampling(plain, 1) == Sampling(1.0, 1.0, None, None)
+    assert resolve_sampling(plain, 2, top_p=0.9) == Sampling(1.0, 0.9, 1.0, 0.9)  # the top map follows
+    assert resolve_sampling(plain, 2, top_p=0.9, top_map_top_p=1.0) == Sampling(1.0, 0.9, 1.0, 1.0)
+    preset = SampleConfig(top_p=0.9, top_map_top_p=1.0, top_map_temperature=0.8)
+    assert resolve_sampling(preset, 2) == Sampling(1.0, 0.9, 0.8, 1.0)
+    assert resolve_sampling(preset, 2, top_p=0.5, top_map_top_p=0.7) == Sampling(1.0, 0.5, 0.8, 0.7)
+    assert resolve_sampling(preset, 1) == Sampling(1.0, 0.9, None, None)  # the config's top-map keys: ignored
+    for bad, message in (
+        ({"top_map_top_p": 0.0}, "top_map_top_p must be in (0, 1]"),
+        ({"top_p": 1.5}, "top_p must be in (0, 1]"),
+        ({"top_map_temperature": -1.0}, "top_map_temperature must be >= 0"),
+    ):
+        with pytest.raises(RunError, match=message.replace("(", r"\(").replace("]", r"\]")):
+            resolve_sampling(plain, 2, **bad)
+    with pytest.raises(RunError, match="need a two-level run"):
+        resolve_sampling(plain, 1, top_map_top_p=0.9)
+    # file names and titles mark the top map only where it differs from the bottom
+    assert sampling_suffix(Sampling(1.0, 1.0, 1.0, 1.0)) == "" == sampling_suffix(Sampling(1.0, 1.0))
+    assert sampling_suffix(Sampling(0.8, 0.9, 0.8, 0.9)) == "_T0.8_p0.9"
+    assert sampling_suffix(Sampling(1.0, 0.9, 0.7, 1.0)) == "_p0.9_topT0.7_topp1"
+    assert realism_suffix(1, Sampling(1.0, 0.9, 1.0, 1.0)) == "_seed1_p0.9_topp1"
+    assert describe_sampling(Sampling(1.0, 0.9, 1.0, 1.0)) == "T=1, top-p 0.9; top map top-p 1"
+    assert describe_sampling(Sampling(0.8, 1.0)) == "T=0.8"

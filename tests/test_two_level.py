@@ -14,6 +14,7 @@ import torch
 import brainvq
 from brainvq.codes import CodeMaps, decode_levels
 from brainvq.runs import RunDir, load_checkpoint
+from brainvq.sample import sample_codes, slice_conditions
 
 from .conftest import TINY
 from .test_resume_cli import brainvq as cli
@@ -95,6 +96,37 @@ def test_python_api_samples_top_then_bottom(two_level_run: Path) -> None:
     with torch.no_grad():  # the images are the decoded maps of both levels
         images = decode_levels(run.vqvae, first.codes, first.top_codes)
     torch.testing.assert_close(images, first.images)
+
+
+def test_the_top_map_has_its_own_sampling_settings(two_level_run: Path, tmp_path: Path) -> None:
+    """``top_map_temperature``/``top_map_top_p`` set the top map alone: the same draws as the two
+    levels sampled by hand with those settings, from one generator; unset, the top map follows the
+    bottom's; on the command line they are recorded, and a one-level run refuses them."""
+    run = brainvq.load_run(two_level_run, device="cpu")
+    split = brainvq.sample(run, 3, seed=3, top_p=0.3, top_map_temperature=0.7, top_map_top_p=1.0)
+    assert (split.temperature, split.top_p, split.top_map_temperature, split.top_map_top_p) == (1.0, 0.3, 0.7, 1.0)
+    generator = torch.Generator().manual_seed(3)
+    condition = slice_conditions(3, run.prior, None)
+    top = sample_codes(run.top_prior, 3, run.top_code_shape, condition=slice_conditions(3, run.top_prior, None),
+                       generator=generator, temperature=0.7, top_p=1.0)  # fmt: skip
+    bottom = sample_codes(run.prior, 3, run.code_shape, condition=condition, context=top, generator=generator,
+                          temperature=1.0, top_p=0.3)  # fmt: skip
+    assert split.top_codes is not None and torch.equal(split.top_codes, top) and torch.equal(split.codes, bottom)
+    follows = brainvq.sample(run, 3, seed=3, top_p=0.3)
+    assert (follows.top_map_temperature, follows.top_map_top_p) == (1.0, 0.3)
+    same = brainvq.sample(run, 3, seed=3, top_p=0.3, top_map_top_p=0.3, top_map_temperature=1.0)
+    assert same.top_codes is not None and follows.top_codes is not None
+    assert torch.equal(same.top_codes, follows.top_codes) and torch.equal(same.codes, follows.codes)
+    assert not torch.equal(split.top_codes, follows.top_codes)  # the settings reach the top map
+    out = tmp_path / "s"
+    drawn = cli("sample", "--run", str(two_level_run), "--n", "2", "--out", str(out), "--top-map-top-p", "0.4")
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    summary = json.loads((out / "samples.json").read_text())
+    assert (summary["top_p"], summary["top_map_top_p"], summary["top_map_temperature"]) == (1.0, 0.4, 1.0)
+    bad = cli("sample", "--run", str(two_level_run), "--n", "2", "--out", str(out), "--top-map-top-p", "0")
+    assert (
+        bad.returncode == 2 and "top_map_top_p must be in (0, 1]" in bad.stderr and "Traceback" not in bad.stderr
+    )
 
 
 def test_score_anomaly_and_complete_on_a_two_level_run(

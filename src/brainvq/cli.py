@@ -234,6 +234,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         temperature=args.temperature,
         top_p=args.top_p,
+        top_map_temperature=args.top_map_temperature,
+        top_map_top_p=args.top_map_top_p,
         slice_index=args.slice,
         batch_size=args.batch_size,
         sampler=args.sampler,
@@ -327,23 +329,30 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     from brainvq.pipeline import draw_for_realism, realism_suffix
     from brainvq.realism import evaluate_samples, folder_set, vqvae_reconstructor
     from brainvq.runs import load_run
+    from brainvq.sample import describe_sampling, resolve_sampling
 
     if (args.samples is None) == (args.run is None):
         raise BrainVQError("give exactly one of --samples DIR or --run RUN (with --n N)")
     judge = load_judge(args.judge, args.device)
     loaded, out, suffix = None, args.out, ""
-    if (args.temperature is not None or args.top_p is not None) and args.run is None:
-        raise BrainVQError("--temperature and --top-p need --run (a folder of PNGs was drawn already)")
+    given = (args.temperature, args.top_p, args.top_map_temperature, args.top_map_top_p)
+    if any(v is not None for v in given) and args.run is None:
+        raise BrainVQError("the sampling flags (--temperature, --top-p, --top-map-*) need --run")
     if args.run is not None:
         loaded = load_run(args.run, args.device)
-        temperature = loaded.config.sample.temperature if args.temperature is None else args.temperature
-        top_p = loaded.config.sample.top_p if args.top_p is None else args.top_p
-        suffix = realism_suffix(args.seed, temperature, top_p)
+        sampling = resolve_sampling(loaded.config.sample, loaded.levels, *given)
+        suffix = realism_suffix(args.seed, sampling)
         folder = draw_for_realism(
-            loaded, args.real, args.split, args.n, seed=args.seed, temperature=temperature, top_p=top_p,
-            device=args.device, progress=not args.json,
-        )  # fmt: skip
-        samples = folder_set(folder, f"samples ({args.run}, T={temperature:g}, top-p {top_p:g})")
+            loaded,
+            args.real,
+            args.split,
+            args.n,
+            sampling,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.json,
+        )
+        samples = folder_set(folder, f"samples ({args.run}, {describe_sampling(sampling)})")
         out = out or loaded.root.root
     else:
         samples = folder_set(args.samples, f"samples ({args.samples})")
@@ -366,7 +375,7 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
         figures=figures,
     )
     if loaded is not None:
-        result["temperature"], result["top_p"] = temperature, top_p
+        result.update(sampling._asdict())
     if out:
         from brainvq.files import atomic_write_json
 
@@ -501,6 +510,20 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_top_map_args(parser: argparse.ArgumentParser) -> None:
+    """The top map's own sampling settings (two-level runs); by default it follows the bottom's."""
+    parser.add_argument(
+        "--top-map-temperature",
+        type=float,
+        help="two levels: the top map's (default: sample.top_map_temperature, else --temperature)",
+    )
+    parser.add_argument(
+        "--top-map-top-p",
+        type=float,
+        help="two levels: the top map's nucleus (default: sample.top_map_top_p, else --top-p)",
+    )
+
+
 def _add_stop_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--max-steps", type=int)
@@ -595,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, help="default: the run's sample.temperature")
     p.add_argument("--top-p", type=float, help="nucleus sampling below 1 (default: the run's sample.top_p)")
+    _add_top_map_args(p)
     p.add_argument("--slice", type=int, help="slice index to condition on (slice-conditioned priors)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--sampler", choices=("fast", "naive"), default="fast")
@@ -633,6 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature", type=float, help="with --run: sampling temperature (default: the run's config)"
     )
     p.add_argument("--top-p", type=float, help="with --run: nucleus sampling below 1 (default: the run's config)")
+    _add_top_map_args(p)
     p.add_argument("--out", type=Path, help="where metrics/ and figures/ go (default: the run)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")

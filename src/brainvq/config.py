@@ -184,12 +184,16 @@ class JudgeConfig:
 @dataclass
 class SampleConfig:
     """Ancestral sampling from the prior: ``temperature`` divides the logits, ``top_p`` below 1 draws
-    each code from its nucleus only (Holtzman et al. 2020; :func:`brainvq.sample.nucleus`)."""
+    each code from its nucleus only (Holtzman et al. 2020; :func:`brainvq.sample.nucleus`). In a
+    two-level run these set the bottom map; ``top_map_temperature`` and ``top_map_top_p`` set the
+    top map, and follow ``temperature`` and ``top_p`` when None."""
 
     n: int = 16
     batch_size: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
+    top_map_temperature: float | None = None
+    top_map_top_p: float | None = None
     sampler: str = "fast"
     seed: int = 0
 
@@ -291,10 +295,14 @@ class Config:
                 )
             if not 0 <= prior.dropout < 1:
                 raise ConfigError(f"config key '{section}.dropout': must be in [0, 1), got {prior.dropout}")
-        if self.sample.temperature < 0:
-            raise ConfigError(f"config key 'sample.temperature': must be >= 0, got {self.sample.temperature}")
-        if not 0 < self.sample.top_p <= 1:
-            raise ConfigError(f"config key 'sample.top_p': must be in (0, 1], got {self.sample.top_p}")
+        for name in ("temperature", "top_map_temperature"):
+            value = getattr(self.sample, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"config key 'sample.{name}': must be >= 0, got {value}")
+        for name in ("top_p", "top_map_top_p"):
+            value = getattr(self.sample, name)
+            if value is not None and not 0 < value <= 1:
+                raise ConfigError(f"config key 'sample.{name}': must be in (0, 1], got {value}")
         return self
 
 

@@ -42,7 +42,7 @@ from brainvq.runs import (
     load_run,
     stage_checkpoint,
 )
-from brainvq.sample import sample
+from brainvq.sample import Sampling, describe_sampling, sample
 from brainvq.train import PRIOR_STAGES, run_prior_levels, train_prior, train_vqvae
 
 
@@ -186,6 +186,8 @@ def sample_run(
     seed: int = 0,
     temperature: float | None = None,
     top_p: float | None = None,
+    top_map_temperature: float | None = None,
+    top_map_top_p: float | None = None,
     slice_index: int | list[int] | None = None,
     batch_size: int = 16,
     sampler: str = "fast",
@@ -195,8 +197,9 @@ def sample_run(
     record: bool = True,
 ) -> dict[str, Any]:
     """Generate ``n`` slices; write them as PNGs plus ``grid.png`` and ``samples.json`` (with the
-    hashes of the checkpoints that made them) under ``out`` (default RUN/samples). ``temperature``
-    and ``top_p`` default to the run's ``sample`` config. ``record`` also makes this the run's sampling
+    hashes of the checkpoints that made them) under ``out`` (default RUN/samples). ``temperature``,
+    ``top_p`` and the top map's two (two levels) default to the run's ``sample`` config
+    (:func:`brainvq.sample.resolve_sampling`). ``record`` also makes this the run's sampling
     record (``RUN/metrics/sampling.json``, which the report shows)."""
     device_ = resolve_device(device)
     loaded = load_run(run_root, device_)
@@ -207,6 +210,8 @@ def sample_run(
         seed=seed,
         temperature=temperature,
         top_p=top_p,
+        top_map_temperature=top_map_temperature,
+        top_map_top_p=top_map_top_p,
         slice_index=slice_index,
         batch_size=batch_size,
         sampler=sampler,
@@ -224,9 +229,7 @@ def sample_run(
         result.images,
         out_dir / "grid.png",
         titles=titles,
-        title=f"{n} samples (seed {seed}, T={result.temperature}"
-        + (f", top-p {result.top_p:g}" if result.top_p < 1 else "")
-        + f", {sampler} sampler)",
+        title=f"{n} samples (seed {seed}, {describe_sampling(_sampling_of(result))}, {sampler} sampler)",
     )
     summary = {
         "n": n,
@@ -238,6 +241,8 @@ def sample_run(
         "seed": seed,
         "temperature": result.temperature,
         "top_p": result.top_p,
+        "top_map_temperature": result.top_map_temperature,
+        "top_map_top_p": result.top_map_top_p,
         "batch_size": batch_size,
         "slices": result.slices,
         "device": str(device_),
@@ -255,16 +260,24 @@ def sample_run(
     return summary
 
 
-def sampling_suffix(temperature: float, top_p: float = 1.0) -> str:
-    """How file names of realism samples and scores mark a temperature other than 1 (``_T0.8``) and
-    a nucleus below 1 (``_p0.9``)."""
-    return ("" if temperature == 1.0 else f"_T{temperature:g}") + ("" if top_p == 1.0 else f"_p{top_p:g}")
+def _sampling_of(result: Any) -> Sampling:
+    return Sampling(result.temperature, result.top_p, result.top_map_temperature, result.top_map_top_p)
 
 
-def realism_suffix(seed: int, temperature: float, top_p: float = 1.0) -> str:
+def sampling_suffix(sampling: Sampling) -> str:
+    """How file names of realism samples and scores mark a temperature other than 1 (``_T0.8``), a
+    nucleus below 1 (``_p0.9``), and top-map settings that differ from the bottom's (``_topT1``,
+    ``_topp1``)."""
+    temperature, top_p, top_temperature, top_top_p = sampling
+    suffix = ("" if temperature == 1.0 else f"_T{temperature:g}") + ("" if top_p == 1.0 else f"_p{top_p:g}")
+    suffix += f"_topT{top_temperature:g}" if top_temperature not in (None, temperature) else ""
+    return suffix + (f"_topp{top_top_p:g}" if top_top_p not in (None, top_p) else "")
+
+
+def realism_suffix(seed: int, sampling: Sampling) -> str:
     """How ``evaluate-samples --run`` marks its scores and figures (``RUN/metrics/realism_{split}{suffix}.json``):
     ``_seedS`` for a seed other than 0, then :func:`sampling_suffix`."""
-    return ("" if seed == 0 else f"_seed{seed}") + sampling_suffix(temperature, top_p)
+    return ("" if seed == 0 else f"_seed{seed}") + sampling_suffix(sampling)
 
 
 def draw_for_realism(
@@ -272,18 +285,18 @@ def draw_for_realism(
     real_root: str | Path,
     split: str,
     n: int,
+    sampling: Sampling,
     *,
     seed: int = 0,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
     device: str = "auto",
     progress: bool = True,
 ) -> Path:
     """The folder of ``n`` samples that ``evaluate-samples --run`` scores: RUN/samples/realism_nN_seedS
-    (``_T…`` below or above temperature 1, ``_p…`` for a nucleus below 1). A slice-conditioned run draws them for the real split's
-    mix of slices (:func:`brainvq.realism.matching_slices`). They are drawn again whenever a
-    checkpoint, the temperature, the nucleus or the slices differ from what the folder's ``samples.json`` says."""
-    folder = loaded.root.samples / f"realism_n{n}_seed{seed}{sampling_suffix(temperature, top_p)}"
+    with :func:`sampling_suffix`. A slice-conditioned run draws them for the real split's mix of
+    slices (:func:`brainvq.realism.matching_slices`). They are drawn again whenever a checkpoint, the
+    sampling settings (``sampling``, from :func:`brainvq.sample.resolve_sampling`) or the slices
+    differ from what the folder's ``samples.json`` says."""
+    folder = loaded.root.samples / f"realism_n{n}_seed{seed}{sampling_suffix(sampling)}"
     slices = None
     if any(p is not None and p.config.condition_on_slice for p in (loaded.prior, loaded.top_prior)):
         real = load_split(real_root, split, in_memory=False).slice_indices()
@@ -292,16 +305,17 @@ def draw_for_realism(
         "vqvae_hash": loaded.vqvae_hash,
         "prior_hash": loaded.prior_hash,
         "top_prior_hash": loaded.top_prior_hash,
-        "temperature": temperature,
-        "top_p": top_p,
+        **sampling._asdict(),
     }
     if slices is not None:
         wanted["slices"] = slices
     record = folder / "samples.json"
     drawn = json.loads(record.read_text()) if record.is_file() else {}
     drawn.setdefault("top_p", 1.0)  # folders drawn before top_p existed used the full distribution
+    for level in ("temperature", "top_p"):  # and before the top map had its own, it followed the bottom's
+        drawn.setdefault(f"top_map_{level}", drawn.get(level) if loaded.levels == 2 else None)
     if any(drawn.get(key) != value for key, value in wanted.items()):
-        sample_run(loaded.root.root, n, seed=seed, temperature=temperature, top_p=top_p, slice_index=slices,
+        sample_run(loaded.root.root, n, seed=seed, **sampling._asdict(), slice_index=slices,
                    out=folder, device=device, progress=progress, record=False)  # fmt: skip
     return folder
 

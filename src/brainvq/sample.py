@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -55,6 +55,62 @@ class SampleResult:
     top_p: float = 1.0
     paths: list[str] = field(default_factory=list)
     top_codes: torch.Tensor | None = None  # (N, h/t, w/t) int64, two-level runs only
+    top_map_temperature: float | None = None  # two-level runs only
+    top_map_top_p: float | None = None  # two-level runs only
+
+
+class Sampling(NamedTuple):
+    """How codes are drawn: ``temperature`` and ``top_p`` for the bottom (or only) map, and
+    ``top_map_temperature`` and ``top_map_top_p`` for the top map of a two-level run (None for one
+    level)."""
+
+    temperature: float
+    top_p: float
+    top_map_temperature: float | None = None
+    top_map_top_p: float | None = None
+
+
+def describe_sampling(sampling: Sampling) -> str:
+    """``T=1, top-p 0.9`` (the nucleus only below 1), then ``; top map ...`` for top-map settings
+    that differ from the bottom's: for titles and legends."""
+    text = f"T={sampling.temperature:g}" + (f", top-p {sampling.top_p:g}" if sampling.top_p < 1 else "")
+    top = (
+        [f"T={sampling.top_map_temperature:g}"]
+        if sampling.top_map_temperature not in (None, sampling.temperature)
+        else []
+    )
+    top += [f"top-p {sampling.top_map_top_p:g}"] if sampling.top_map_top_p not in (None, sampling.top_p) else []
+    return text + (f"; top map {', '.join(top)}" if top else "")
+
+
+def resolve_sampling(
+    config: Any,
+    levels: int,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_map_temperature: float | None = None,
+    top_map_top_p: float | None = None,
+) -> Sampling:
+    """The settings a draw uses: each given value, else the run's ``sample`` config (``config``, a
+    :class:`brainvq.config.SampleConfig`). The top map's follow the bottom's unless set: given, or
+    ``sample.top_map_temperature`` / ``sample.top_map_top_p`` in the config (ignored for one level,
+    where giving them is an error). Checks the ranges."""
+    temperature = config.temperature if temperature is None else temperature
+    top_p = config.top_p if top_p is None else top_p
+    if levels == 2:
+        top_map_temperature = next(
+            v for v in (top_map_temperature, config.top_map_temperature, temperature) if v is not None
+        )
+        top_map_top_p = next(v for v in (top_map_top_p, config.top_map_top_p, top_p) if v is not None)
+    elif top_map_temperature is not None or top_map_top_p is not None:
+        raise RunError("top_map_temperature and top_map_top_p need a two-level run (model.levels 2)")
+    for name, value in (("top_p", top_p), ("top_map_top_p", top_map_top_p)):
+        if value is not None and not 0 < value <= 1:
+            raise RunError(f"{name} must be in (0, 1], got {value}")
+    for name, value in (("temperature", temperature), ("top_map_temperature", top_map_temperature)):
+        if value is not None and value < 0:
+            raise RunError(f"{name} must be >= 0, got {value}")
+    return Sampling(temperature, top_p, top_map_temperature, top_map_top_p)
 
 
 def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -379,6 +435,8 @@ def sample(
     seed: int = 0,
     temperature: float | None = None,
     top_p: float | None = None,
+    top_map_temperature: float | None = None,
+    top_map_top_p: float | None = None,
     slice_index: SliceRequest = None,
     batch_size: int = 16,
     sampler: str = "fast",
@@ -387,30 +445,37 @@ def sample(
 ) -> SampleResult:
     """Generate ``num_samples`` new slices with a loaded run (see :func:`brainvq.load_run`).
 
-    ``temperature`` divides the logits of both levels (below 1: more typical, less varied codes) and
-    defaults to the run's ``sample.temperature``; ``top_p`` (below 1: draw each code from its
-    :func:`nucleus` only) to the run's ``sample.top_p``. ``device`` defaults to the device the run was
-    loaded on (a GPU when one was visible)."""
+    ``temperature`` divides the logits (below 1: more typical, less varied codes) and defaults to
+    the run's ``sample.temperature``; ``top_p`` (below 1: draw each code from its :func:`nucleus`
+    only) to the run's ``sample.top_p``. In a two-level run they set the bottom map, and the top map
+    follows them unless ``top_map_temperature`` / ``top_map_top_p`` (or the run's
+    ``sample.top_map_*``) say otherwise (:func:`resolve_sampling`). ``device`` defaults to the device
+    the run was loaded on (a GPU when one was visible)."""
     prior = run.require_prior()
-    temperature = run.config.sample.temperature if temperature is None else temperature
-    top_p = run.config.sample.top_p if top_p is None else top_p
-    if not 0 < top_p <= 1:
-        raise RunError(f"top_p must be in (0, 1], got {top_p}")
     device = resolve_device(device) if device is not None else run.device
     prior, vqvae = prior.to(device).eval(), run.vqvae.to(device).eval()
     two_levels = getattr(vqvae, "num_levels", 1) == 2
+    how = resolve_sampling(
+        run.config.sample, 2 if two_levels else 1, temperature, top_p, top_map_temperature, top_map_top_p
+    )
     top_prior = run.require_top_prior().to(device).eval() if two_levels else None
     condition, top_condition = _level_conditions(num_samples, prior, top_prior, slice_index)
     generator = torch.Generator().manual_seed(seed)
     options: dict[str, Any] = dict(
-        generator=generator, temperature=temperature, top_p=top_p, sampler=sampler, batch_size=batch_size,
-        device=device, progress=progress,
-    )  # fmt: skip
+        generator=generator, sampler=sampler, batch_size=batch_size, device=device, progress=progress
+    )
     started = time.perf_counter()
     top = None
     if top_prior is not None:  # the top map first, with global context
-        top = sample_codes(top_prior, num_samples, run.top_code_shape, condition=top_condition, **options)
-    codes = sample_codes(prior, num_samples, run.code_shape, condition=condition, context=top, **options)
+        assert how.top_map_temperature is not None and how.top_map_top_p is not None  # set for two levels
+        top = sample_codes(
+            top_prior, num_samples, run.top_code_shape, condition=top_condition,
+            temperature=how.top_map_temperature, top_p=how.top_map_top_p, **options,
+        )  # fmt: skip
+    codes = sample_codes(
+        prior, num_samples, run.code_shape, condition=condition, context=top,
+        temperature=how.temperature, top_p=how.top_p, **options,
+    )  # fmt: skip
     sampled = time.perf_counter()
     images = torch.cat(
         [
@@ -433,6 +498,8 @@ def sample(
         decoding_seconds=finished - sampled,
         sampler=sampler,
         seed=seed,
-        temperature=temperature,
-        top_p=top_p,
+        temperature=how.temperature,
+        top_p=how.top_p,
+        top_map_temperature=how.top_map_temperature,
+        top_map_top_p=how.top_map_top_p,
     )
