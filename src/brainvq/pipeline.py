@@ -229,7 +229,7 @@ def sample_run(
         result.images,
         out_dir / "grid.png",
         titles=titles,
-        title=f"{n} samples (seed {seed}, {describe_sampling(_sampling_of(result))}, {sampler} sampler)",
+        title=f"{n} samples (seed {seed}, {describe_sampling(result.sampling)}, {sampler} sampler)",
     )
     summary = {
         "n": n,
@@ -258,10 +258,6 @@ def sample_run(
     if record:
         atomic_write_json(loaded.root.metrics / "sampling.json", summary)
     return summary
-
-
-def _sampling_of(result: Any) -> Sampling:
-    return Sampling(result.temperature, result.top_p, result.top_map_temperature, result.top_map_top_p)
 
 
 def sampling_suffix(sampling: Sampling) -> str:

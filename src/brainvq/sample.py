@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from brainvq.codes import decode_levels, slice_condition
+from brainvq.config import SampleConfig
 from brainvq.devices import resolve_device
 from brainvq.errors import RunError
 from brainvq.models.pixelcnn import Prior, StagedPrior, State
@@ -57,6 +58,11 @@ class SampleResult:
     top_codes: torch.Tensor | None = None  # (N, h/t, w/t) int64, two-level runs only
     top_map_temperature: float | None = None  # two-level runs only
     top_map_top_p: float | None = None  # two-level runs only
+
+    @property
+    def sampling(self) -> Sampling:
+        """The settings these samples were drawn with."""
+        return Sampling(self.temperature, self.top_p, self.top_map_temperature, self.top_map_top_p)
 
 
 class Sampling(NamedTuple):
@@ -84,15 +90,14 @@ def describe_sampling(sampling: Sampling) -> str:
 
 
 def resolve_sampling(
-    config: Any,
+    config: SampleConfig,
     levels: int,
     temperature: float | None = None,
     top_p: float | None = None,
     top_map_temperature: float | None = None,
     top_map_top_p: float | None = None,
 ) -> Sampling:
-    """The settings a draw uses: each given value, else the run's ``sample`` config (``config``, a
-    :class:`brainvq.config.SampleConfig`). The top map's follow the bottom's unless set: given, or
+    """The settings a draw uses: each given value, else the run's ``sample`` config. The top map's follow the bottom's unless set: given, or
     ``sample.top_map_temperature`` / ``sample.top_map_top_p`` in the config (ignored for one level,
     where giving them is an error). Checks the ranges."""
     temperature = config.temperature if temperature is None else temperature
