@@ -131,6 +131,8 @@ def test_sample_command(finished_run: Path, tmp_path: Path, capsys: pytest.Captu
         "--device",
         "cpu",
     ]
+    record = finished_run / "metrics" / "sampling.json"  # the pipeline's sample stage wrote it
+    before = record.read_bytes()
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["n"] == 3 and len(first["images"]) == 3 and "grid" in Path(first["grid"]).name
@@ -142,6 +144,8 @@ def test_sample_command(finished_run: Path, tmp_path: Path, capsys: pytest.Captu
         assert (tmp_path / "a" / f"sample_{i:03d}.png").read_bytes() == (
             tmp_path / "c" / f"sample_{i:03d}.png"
         ).read_bytes()
+    assert record.read_bytes() == before  # draws into other folders leave the run's record alone
+    assert json.loads((tmp_path / "c" / "samples.json").read_text())["seconds"] > 0  # they keep their own
     run = brainvq.load_run(finished_run)
     result = brainvq.sample(run, 2, seed=4, batch_size=2, sampler="naive")
     assert torch.equal(result.codes, brainvq.sample(run, 2, seed=4, batch_size=2).codes)
@@ -267,7 +271,8 @@ def test_evaluate_samples_with_a_run(
     assert (finished_run / "metrics" / "sampling.json").read_text() == sampling  # the run's own record stays
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 4 and result["slice_error"] is not None  # the slices sample() asked for
-    assert set(result["reference"]) == {"real", "reconstruction"}
+    assert set(result["reference"]) == {"real", "real_same_n", "reconstruction"}
+    assert result["reference"]["real_same_n"]["n"] == 4  # the real floor drawn at the samples' size
     assert result["reference"]["reconstruction"]["n"] == result["reference"]["real"]["n"]
     saved = json.loads((finished_run / "metrics" / "realism_validate.json").read_text())
     assert saved["judge_hash"] == result["judge_hash"]

@@ -12,11 +12,15 @@ from brainvq.cli import main
 from brainvq.phantom import make_phantom
 from brainvq.realism import (
     ImageSet,
+    Judged,
+    Reference,
     diversity,
+    draw_like,
     frechet_and_kid,
     matching_slices,
     per_slice_fractions,
     precision_recall,
+    real_same_n,
     tissue_error,
 )
 
@@ -65,6 +69,50 @@ def test_tissue_error_and_diversity_known_answers() -> None:
     assert measure == "ssim" and value == pytest.approx(1.0, abs=1e-4)
 
 
+def test_draw_like_takes_the_wanted_slices_and_repeats_none_before_the_pool_is_used_up() -> None:
+    pool = torch.arange(10).repeat(4)  # 4 images of each slice index 0..9
+    wanted = torch.tensor([2, 2, 2, 7, -1] + [5] * 6)
+    pick = draw_like(pool, wanted, torch.Generator().manual_seed(0))
+    assert sorted(pool[pick].tolist()) == [2, 2, 2, 5, 5, 5, 5, 5, 5, 7]  # the -1 (unknown) is skipped
+    fives = pick[pool[pick] == 5].tolist()
+    assert len(set(fives[:4])) == 4  # all four 5s once before any twice
+    assert len(draw_like(pool, torch.tensor([11, 12]), torch.Generator())) == 0  # the pool lacks them
+
+
+def _reference_and_half(subjects: int, seed: int) -> tuple[Reference, ImageSet, Judged]:
+    """Two halves of ``subjects`` fake subjects with 8 slices whose tissue fractions vary by subject."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def half() -> tuple[ImageSet, Judged]:
+        slices = torch.arange(8).repeat(subjects)
+        fractions = (0.3 + 0.1 * torch.randn(len(slices), 3, generator=generator)).clamp(0, 1)
+        features = torch.randn(len(slices), 6, generator=generator)
+        pixels = torch.zeros(len(slices), 1, 4, 4, dtype=torch.uint8)
+        return ImageSet("half", pixels, slices), Judged(features, fractions, slices.clone())
+
+    set_b, judged_b = half()
+    set_a, judged_a = half()
+    table_b = per_slice_fractions(judged_b.fractions, judged_b.slice_pred, 8)
+    reference = Reference(set_b, judged_b, table_b, None, torch.zeros(0), 0.9, 8)  # type: ignore[arg-type]
+    return reference, set_a, judged_a
+
+
+def test_the_floor_at_the_samples_size_is_higher_than_the_whole_half_and_falls_as_n_grows() -> None:
+    reference, half_a, judged = _reference_and_half(subjects=40, seed=0)
+    nearest = torch.zeros(len(half_a))
+    whole = tissue_error(reference.real_table, per_slice_fractions(judged.fractions, half_a.slices, 8))  # type: ignore[arg-type]
+    floors = {
+        n: real_same_n(reference, half_a, judged, nearest, torch.arange(8).repeat(n // 8)) for n in (16, 64, 320)
+    }
+    assert floors[16]["n"] == 16 and floors[16]["draws"] == 20 and floors[16]["tissue_error_std"] > 0
+    assert floors[16]["tissue_error"] > floors[64]["tissue_error"] > floors[320]["tissue_error"]
+    assert floors[320]["tissue_error"] == pytest.approx(whole)  # every image of half A, in any order
+    assert floors[16]["slice_error"] == 0.0 and floors[16]["memorised_fraction"] == 0.0
+    assert floors[16]["ms_ssim_diversity"] is None
+    again = real_same_n(reference, half_a, judged, nearest, torch.arange(8).repeat(2))
+    assert again == floors[16]  # seeded: the same draws every time
+
+
 @pytest.mark.slow
 def test_train_copies_are_memorised_fresh_subjects_are_not_and_blur_scores_worse(
     trained_judge: Path,
@@ -104,6 +152,8 @@ def test_train_copies_are_memorised_fresh_subjects_are_not_and_blur_scores_worse
     keys = {"n", "fd_judge", "kid_judge", "precision", "recall", "tissue_error", "slice_error", "ms_ssim_diversity",
             "memorised_fraction"}  # fmt: skip
     assert keys <= set(fresh) and keys <= set(fresh["reference"]["real"])
+    same_n = fresh["reference"]["real_same_n"]  # the floor drawn at the samples' size and slice mix
+    assert keys <= set(same_n) and same_n["n"] == fresh["n"] and same_n["draws"] == 20
     assert fresh["judge_hash"] == copies_scores["judge_hash"] and "not comparable to FID" in fresh["note"]
     assert fresh["slice_error"] is not None  # OASIS-style names give the slice index
     assert len(list((trained_judge / "cache").glob("real_*.pt"))) == 1

@@ -242,6 +242,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         out=args.out,
         device=args.device,
         progress=not args.json,
+        record=args.out is None,  # a draw into another folder keeps the run's own record (metrics/sampling.json)
     )
     if args.json:
         print(json.dumps({k: result[k] for k in ("n", "seconds", "images", "grid", "sampler")}, indent=2))
@@ -402,11 +403,15 @@ def _print_realism(result: dict[str, Any]) -> None:
     rows = {"samples": result, **result["reference"]}
     print(f"{'set':16s}" + "".join(f"{k:>20s}" for k in keys))
     for name, values in rows.items():
-        cells = "".join(
-            f"{values[k]:>20.4f}" if isinstance(values[k], float) else f"{values[k]!s:>20s}" for k in keys
-        )
+        cells = "".join(_cell(values.get(k)) for k in keys)
         print(f"{name:16s}{cells}")
     print(f"judge {result['judge_hash']}; {result['note']}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return f"{'-':>20s}"
+    return f"{value:>20.4f}" if isinstance(value, float) else f"{value!s:>20s}"
 
 
 def cmd_lesions(args: argparse.Namespace) -> int:

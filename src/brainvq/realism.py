@@ -18,9 +18,13 @@ all measured with brainvq's own judge (see :mod:`brainvq.judge`), never with Inc
 
 Every number comes with references on the same scale: real slices (half of the split's subjects
 scored against the other half, the floor) and, when a run is given, the VQ-VAE's reconstructions of
-them (what the decoder alone allows). All sets are compared with the same real half. The judge's
-view of the train split and of the real split (with each real slice's nearest training image) is
-cached in the judge's folder, so scoring another set against the same split skips both.
+them (what the decoder alone allows). All sets are compared with the same real half. Because the
+Fréchet distance and the tissue error grow as a set gets smaller (fewer images per slice index leave
+noise that an absolute difference never averages out), the floor is also given at the samples' own
+size and slice mix (``real_same_n``: the mean over draws of real half-A slices), which is what an
+ideal generator would score. The judge's view of the train split and of the real split (with each
+real slice's nearest training image) is cached in the judge's folder, so scoring another set
+against the same split skips both.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from brainvq.metrics import ms_ssim_per_image, ms_ssim_supported, ssim_per_image
 
 NEIGHBOUR_CANDIDATES = 8
 DIVERSITY_PAIRS = 300
+FLOOR_DRAWS = 20
 KNN = 3
 NOTE = "fd_judge/kid_judge are computed in the brainvq judge's features, not Inception's: not comparable to FID"
 
@@ -280,8 +285,64 @@ def score_set(
         "memorised_fraction": float((nn_ssim > reference.threshold).float().mean()),
         "nearest_train_ssim_median": float(nn_ssim.median()),
         "_table": table,
+        "_slices": slices,
         "_nn": (nn_ssim, nn_index),
     }
+
+
+def draw_like(pool_slices: torch.Tensor, wanted: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Indices into a pool of real slices with the slice indices of ``wanted`` (entries < 0 and
+    indices the pool lacks are skipped). Each slice index takes the pool's images of it in a random
+    order, so none is used twice before all were used once."""
+    picks = []
+    for index in wanted[wanted >= 0].unique().tolist():
+        pool = torch.nonzero(pool_slices == index).flatten()
+        if len(pool) == 0:
+            continue
+        need = int((wanted == index).sum())
+        rounds = -(-need // len(pool))
+        order = torch.cat([pool[torch.randperm(len(pool), generator=generator)] for _ in range(rounds)])
+        picks.append(order[:need])
+    return torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
+
+
+def real_same_n(
+    reference: Reference,
+    half_a: ImageSet,
+    judged: Judged,
+    nearest_ssim: torch.Tensor,
+    wanted: torch.Tensor,
+    draws: int = FLOOR_DRAWS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The real floor at a set's own size and slice mix: ``draws`` sets of real half-A slices with the
+    slice indices ``wanted`` (see :func:`draw_like`), each scored against half B like the samples.
+    Returns each score's mean over the draws and its standard deviation (``<score>_std``). Diversity
+    is not drawn (a mean over pairs does not depend on the set's size): it is None."""
+    generator = torch.Generator().manual_seed(seed)
+    slices = half_a.slices if half_a.slices is not None else judged.slice_pred
+    scores: dict[str, list[float]] = {k: [] for k in ("fd_judge", "kid_judge", "precision", "recall",
+                                                     "tissue_error", "slice_error", "memorised_fraction")}  # fmt: skip
+    for _ in range(draws):
+        pick = draw_like(slices, wanted, generator)
+        if len(pick) < 2:
+            return {}
+        fd, kid, _ = frechet_and_kid(reference.real_judged.features, judged.features[pick])
+        precision, recall = precision_recall(reference.real_judged.features, judged.features[pick])
+        table = per_slice_fractions(judged.fractions[pick], slices[pick], reference.num_slices)
+        scores["fd_judge"].append(fd)
+        scores["kid_judge"].append(kid)
+        scores["precision"].append(precision)
+        scores["recall"].append(recall)
+        scores["tissue_error"].append(tissue_error(reference.real_table, table))
+        if half_a.slices is not None:  # else the judge's own guesses stand in for the slices: no error to score
+            scores["slice_error"].append(float((judged.slice_pred[pick] - slices[pick]).abs().float().mean()))
+        scores["memorised_fraction"].append(float((nearest_ssim[pick] > reference.threshold).float().mean()))
+    result: dict[str, Any] = {"n": len(pick), "draws": draws, "ms_ssim_diversity": None}
+    for key, values in scores.items():
+        result[key] = float(np.mean(values)) if values else None
+        result[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return result
 
 
 def build_reference(
@@ -387,6 +448,9 @@ def evaluate_samples(
     reference, half_a, half_a_judged, half_a_nearest = build_reference(judge, real_root, split, train_root, cache)
     scored = score_set(judge, samples, reference)
     references = {"real": score_set(judge, half_a, reference, half_a_judged, half_a_nearest)}
+    floor = real_same_n(reference, half_a, half_a_judged, half_a_nearest[0], scored["_slices"])
+    if floor:
+        references["real_same_n"] = floor
     if reconstruct is not None:
         references["reconstruction"] = score_set(judge, reconstruct(half_a), reference)
     if figures is not None:

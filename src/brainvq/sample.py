@@ -36,7 +36,7 @@ from brainvq.codes import decode_levels, slice_condition
 from brainvq.config import SampleConfig
 from brainvq.devices import resolve_device
 from brainvq.errors import RunError
-from brainvq.models.pixelcnn import Prior, StagedPrior, State
+from brainvq.models.pixelcnn import Extra, Prior, StagedPrior, State
 from brainvq.models.transformer import TransformerPrior
 
 
@@ -155,8 +155,11 @@ def _crop(state: State, rows: slice, cols: slice) -> State:
     return _apply(state, lambda t: t[:, :, rows, cols])
 
 
-def _context_crop(features: torch.Tensor | None, rows: slice, cols: slice) -> torch.Tensor | None:
-    return None if features is None else features[:, :, rows, cols]
+def _extra_crop(extra: Extra, rows: slice, cols: slice) -> Extra:
+    """The window of a stage's ``extra``: a per-position map is cropped, a per-map bias (B, C, 1, 1) kept."""
+    if not isinstance(extra, torch.Tensor):
+        return extra
+    return extra[:, :, rows if extra.shape[2] > 1 else slice(None), cols if extra.shape[3] > 1 else slice(None)]
 
 
 def window_logits(
@@ -174,15 +177,13 @@ def window_logits(
     """
     width = codes.shape[2]
     radius = prior.receptive_radius
-    features = prior.context_features(context)
+    extras = prior.extras(condition, context)
     top, left = max(0, i - radius), max(0, j - radius)
     state = prior.embed(codes[:, top : i + 1, left : min(width, j + radius + 1)], (top, left))
     row, col, remaining = i - top, j - left, radius
-    for stage in prior.stages:
+    for stage, extra in zip(prior.stages, extras, strict=True):
         height, breadth = _size(state)
-        state = stage(
-            state, condition, _context_crop(features, slice(top, top + height), slice(left, left + breadth))
-        )
+        state = stage(state, _extra_crop(extra, slice(top, top + height), slice(left, left + breadth)))
         remaining -= int(stage.radius)  # type: ignore[arg-type]
         first_row, first_col = max(0, row - remaining), max(0, col - remaining)
         state = _crop(state, slice(first_row, row + 1), slice(first_col, col + remaining + 1))
@@ -213,8 +214,8 @@ class RowCache:
         condition: torch.Tensor | None,
         context: torch.Tensor | None = None,
     ) -> None:
-        self.prior, self.codes, self.condition = prior, codes, condition
-        self.features = prior.context_features(context)  # the whole map's context, computed once
+        self.prior, self.codes = prior, codes
+        self.extras = prior.extras(condition, context)  # each stage's bias and context, once for the whole map
         self.width = codes.shape[2]
         self.radii = [int(stage.radius) for stage in prior.stages]  # type: ignore[arg-type]
         self.after = [sum(self.radii[index + 1 :]) for index in range(len(self.radii))]
@@ -239,8 +240,7 @@ class RowCache:
                 else:
                     current = torch.cat([rows, current], 2)  # type: ignore[list-item]
                 start = above
-            context = _context_crop(self.features, slice(start, i + 1), slice(first, last))
-            output = stage(current, self.condition, context)
+            output = stage(current, _extra_crop(self.extras[index], slice(start, i + 1), slice(first, last)))
             new_first, new_last = self._columns(self.after[index], j)
             current = _crop(output, slice(-1, None), slice(new_first - first, new_last - first))
             first, last = new_first, new_last

@@ -42,8 +42,8 @@ def _dependence(prior: torch.nn.Module, conditioned: bool, i: int, j: int) -> to
     leaf = (embedded[0] if isinstance(embedded, tuple) else embedded).detach().requires_grad_(True)
     state = (leaf, leaf) if isinstance(embedded, tuple) else leaf
     condition = torch.tensor([2]) if conditioned else None
-    for stage in prior.stages:
-        state = stage(state, condition)
+    for stage, extra in zip(prior.stages, prior.extras(condition, None), strict=True):
+        state = stage(state, extra)
     state[0, :, i, j].sum().backward()
     return leaf.grad.abs().sum(dim=(0, 1))
 

@@ -3,8 +3,11 @@
 Both are written as ``embed`` followed by a list of ``stages``. Every stage is a 'same'-padded,
 causal function of its input whose output at (r, c) depends only on inputs in rows <= r within
 Chebyshev distance ``stage.radius``. Stages take a state (a tensor, or a (vertical, horizontal)
-pair for the gated model) and an optional slice-index condition. This structure is what lets
-:mod:`brainvq.sample` compute the next position's logits on a small window (exactly).
+pair for the gated model) and their ``extra``: what the stage adds to its pre-activations that
+does not depend on the codes (the slice-index bias and the projected top-map context), computed
+once per map by ``stage.extra(condition, context)``. This structure is what lets
+:mod:`brainvq.sample` compute the next position's logits on a small window (exactly), reading a
+window of each stage's ``extra`` instead of recomputing it at every position.
 
 References: van den Oord et al. 2016, "Pixel Recurrent Neural Networks" (masks A and B);
 van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders" (gated
@@ -32,23 +35,32 @@ from brainvq.models.transformer import TransformerPrior
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-def _bias(
-    module: ConditionalBias | None, condition: torch.Tensor | None, like: torch.Tensor
-) -> torch.Tensor | float:
-    if module is None:
-        return 0.0
-    if condition is None:
-        raise ValueError("this prior is conditioned on the slice index: pass condition=(B,) slice indices")
-    return module(condition).to(like.dtype)  # keep bf16 activations bf16 under autocast
+Extra = torch.Tensor | float  # (B, C, 1, 1) or (B, C, h, w) added to a stage's pre-activations, or 0
 
 
-def _spatial(module: nn.Conv2d | None, context: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | float:
-    """The projected context map (B, C, h, w), aligned with ``like``, or 0 for an unconditioned prior."""
-    if module is None:
-        return 0.0
-    if context is None:
-        raise ValueError("this prior is conditioned on a top code map: pass context=(B, h_top, w_top) codes")
-    return module(context.to(module.weight.dtype)).to(like.dtype)
+def _extra(
+    bias: ConditionalBias | None,
+    condition: torch.Tensor | None,
+    projection: nn.Conv2d | None,
+    context: torch.Tensor | None,
+) -> Extra:
+    """The slice-index bias (B, C, 1, 1) plus the projected context map (B, C, h, w); 0 for a stage
+    conditioned on neither."""
+    total: Extra = 0.0
+    if bias is not None:
+        if condition is None:
+            raise ValueError("this prior is conditioned on the slice index: pass condition=(B,) slice indices")
+        total = bias(condition)
+    if projection is not None:
+        if context is None:
+            raise ValueError("this prior is conditioned on a top code map: pass context=(B, h_top, w_top) codes")
+        total = total + projection(context.to(projection.weight.dtype))
+    return total
+
+
+def _add(h: torch.Tensor, extra: Extra) -> torch.Tensor:
+    """``h + extra``, keeping ``h``'s dtype (bf16 activations stay bf16 under autocast)."""
+    return h + (extra.to(h.dtype) if isinstance(extra, torch.Tensor) else extra)
 
 
 def _context_projection(context_channels: int | None, channels: int) -> nn.Conv2d | None:
@@ -95,11 +107,13 @@ class InputStage(nn.Module):
         self.context = _context_projection(context, channels)
         self.radius = kernel_size // 2
 
-    def forward(
-        self, x: torch.Tensor, condition: torch.Tensor | None = None, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        h = self.conv(x)
-        return F.relu(h + _bias(self.condition, condition, h) + _spatial(self.context, context, h))
+    def extra(self, condition: torch.Tensor | None, context: torch.Tensor | None) -> Extra:
+        """What this stage adds to its pre-activations for slice indices ``condition`` (B,) and
+        context features (B, context_channels, h, w) (see the module doc)."""
+        return _extra(self.condition, condition, self.context, context)
+
+    def forward(self, x: torch.Tensor, extra: Extra = 0.0) -> torch.Tensor:
+        return F.relu(_add(self.conv(x), extra))
 
 
 class PixelResidualBlock(nn.Module):
@@ -118,12 +132,13 @@ class PixelResidualBlock(nn.Module):
         self.context = _context_projection(context, channels // 2)
         self.radius = kernel_size // 2
 
-    def forward(
-        self, x: torch.Tensor, condition: torch.Tensor | None = None, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def extra(self, condition: torch.Tensor | None, context: torch.Tensor | None) -> Extra:
+        """What this block adds after its masked convolution (see :meth:`InputStage.extra`)."""
+        return _extra(self.condition, condition, self.context, context)
+
+    def forward(self, x: torch.Tensor, extra: Extra = 0.0) -> torch.Tensor:
         h = F.relu(self.reduce(x))
-        h = self.masked(h)
-        h = F.relu(h + _bias(self.condition, condition, h) + _spatial(self.context, context, h))
+        h = F.relu(_add(self.masked(h), extra))
         return x + F.relu(self.expand(h))
 
 
@@ -138,9 +153,11 @@ class OutputHead(nn.Module):
         self.logits = nn.Conv2d(channels, num_embeddings, kernel_size=1)
         self.radius = 0
 
-    def forward(
-        self, state: State, condition: torch.Tensor | None = None, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def extra(self, condition: torch.Tensor | None, context: torch.Tensor | None) -> Extra:
+        """Nothing: the head is conditioned through the stages before it."""
+        return 0.0
+
+    def forward(self, state: State, extra: Extra = 0.0) -> torch.Tensor:
         x = state[1] if isinstance(state, tuple) else state
         return self.logits(F.relu(self.hidden(F.relu(x))))
 
@@ -202,14 +219,19 @@ class StagedPrior(nn.Module):
             raise ValueError("this prior is conditioned on a top code map: pass context=(B, h_top, w_top) codes")
         return self.context(top_codes)
 
+    def extras(self, condition: torch.Tensor | None, context: torch.Tensor | None) -> list[Extra]:
+        """Each stage's ``extra`` for slice indices ``condition`` (B,) and top codes ``context``
+        (B, h/f, w/f): the part of the computation that does not depend on the codes."""
+        features = self.context_features(context)
+        return [stage.extra(condition, features) for stage in self.stages]  # type: ignore[operator]
+
     def forward(
         self, codes: torch.Tensor, condition: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Logits (B, K, h, w); ``context`` holds the top codes (B, h/f, w/f) of a two-level run."""
-        features = self.context_features(context)
         state = self.embed(codes)
-        for stage in self.stages:
-            state = stage(state, condition, features)
+        for stage, extra in zip(self.stages, self.extras(condition, context), strict=True):
+            state = stage(state, extra)
         assert isinstance(state, torch.Tensor)
         return state
 
@@ -274,18 +296,19 @@ class GatedStage(nn.Module):
         self.context = _context_projection(context, 2 * channels)
         self.radius = self.reach + 1
 
-    def forward(
-        self, state: State, condition: torch.Tensor | None = None, context: torch.Tensor | None = None
-    ) -> State:
+    def extra(self, condition: torch.Tensor | None, context: torch.Tensor | None) -> Extra:
+        """What both stacks add before their gates (see :meth:`InputStage.extra`)."""
+        return _extra(self.condition, condition, self.context, context)
+
+    def forward(self, state: State, extra: Extra = 0.0) -> State:
         assert isinstance(state, tuple)
         v, h = state
         v_pre = self.vertical(F.pad(v, (self.reach, self.reach, self.reach, 0)))  # rows r-half..r
-        bias = _bias(self.condition, condition, v_pre) + _spatial(self.context, context, v_pre)
         v_shifted = F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1]  # row r now holds row r-1 (causal)
         h_in = F.pad(h, (1, 0))[:, :, :, :-1] if self.first else h  # mask A: column c holds c-1
         h_pre = self.horizontal(F.pad(h_in, (self.reach, 0, 0, 0))) + self.vertical_to_horizontal(v_shifted)
-        v_out = _gate(v_pre + bias)
-        h_out = self.horizontal_out(_gate(h_pre + bias))
+        v_out = _gate(_add(v_pre, extra))
+        h_out = self.horizontal_out(_gate(_add(h_pre, extra)))
         return v_out, (h_out if self.first else h + h_out)
 
 
