@@ -186,7 +186,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--presets", nargs="+", default=["oasis-cpu", "oasis-cpu-2level"])
+    parser.add_argument("--presets", nargs="+", default=["oasis-cpu-1level", "oasis-cpu"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--split", default="validate")
     parser.add_argument("--n", type=int, default=256)
@@ -198,7 +198,7 @@ def main() -> int:
         action="append",
         metavar=("PRESET", "KEY=VALUE"),
         help="with --table-only: read PRESET's scores for this sampling setting instead of its saved config's"
-        " (e.g. oasis-cpu-2level sample.top_p=0.7, for a run made before its preset changed)",
+        " (e.g. oasis-cpu sample.top_p=0.7, for a run made before its preset changed)",
     )
     args = parser.parse_args()
     if not args.table_only:

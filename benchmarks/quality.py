@@ -41,6 +41,7 @@ def main() -> None:
                 f"data.root={args.data}",
                 f"train.max_minutes={args.minutes}",
                 "data.val_limit_images=128",
+                "model.levels=1",  # the variants are one-level quantiser/loss choices (README, "Why the default quantiser")
                 *overrides,
             ],
         )

@@ -70,7 +70,7 @@ def main() -> None:
     print(f"{'prior':38s} {'naive s/batch':>14s} {'fast s/batch':>13s} {'speed-up':>9s}  naive timing")
     configs = {
         "seed PixelCNN (default: 128 ch, 2 blocks)": PriorConfig(),
-        "oasis-cpu prior (8 blocks, pos., slice)": PriorConfig(
+        "oasis-cpu-1level prior (8 blocks, pos., slice)": PriorConfig(
             num_layers=8, condition_on_slice=True, positional=True, code_height=args.size, code_width=args.size
         ),
         "gated PixelCNN (64 ch, 8 layers)": PriorConfig(
@@ -84,7 +84,7 @@ def main() -> None:
         naive, how = naive_seconds_per_map(prior, args.batch, args.size, steps, condition)
         fast = fast_seconds(prior, args.batch, args.size, condition)
         print(f"{name:38s} {naive:14.1f} {fast:13.2f} {naive / fast:8.0f}x  {how}", flush=True)
-    # the top prior of oasis-cpu-2level: a transformer over a 16x16 map, KV cache vs a full pass per code
+    # the top prior of oasis-cpu (two levels): a transformer over a 16x16 map, KV cache vs a full pass per code
     top = PriorConfig(
         arch="transformer", hidden_channels=192, num_layers=4, num_heads=6, condition_on_slice=True,
         code_height=16, code_width=16,

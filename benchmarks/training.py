@@ -14,6 +14,7 @@ import argparse
 import resource
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,9 @@ def peak_mb() -> float:
 
 
 def bare_loop(dataset: Any, batch: int, steps: int, warmup: int, bf16: bool, channels_last: bool) -> float:
-    """A plain PyTorch loop: same model, optimiser, batches and loss as brainvq's default."""
+    """A plain PyTorch loop: same model, optimiser, batches and loss as brainvq's one-level VQ-VAE."""
     torch.manual_seed(0)
-    model = VQVAE(Config().model)
+    model = VQVAE(replace(Config().model, levels=1))
     memory = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
@@ -68,6 +69,7 @@ def brainvq_loop(dataset: Any, batch: int, steps: int, warmup: int, precision: s
     config = apply_overrides(
         Config(),
         [
+            "model.levels=1",  # the bare loop's loss has no top-only reconstructions
             f"train.batch_size={batch}",
             f"train.max_steps={warmup + steps}",
             "train.checkpoint_every_steps=100000",

@@ -42,6 +42,16 @@ TINY = [
     "prior.positional=false",
     "prior_train.batch_size=16",
     "prior_train.val_batch_size=32",
+    # one level, as the building blocks' defaults are; a test that wants two levels says so (and gets
+    # these two-level settings to start from rather than the OASIS recipe's 16x16 top map and dropout)
+    "model.levels=1",
+    "model.top_downsample=2",
+    "model.bottom_dropout=0.0",
+    "model.bottom_dropout_weight=1.0",
+    "prior.input_kernel_size=7",
+    "top_prior_train.warmup_steps=0",
+    "sample.top_p=1.0",
+    "sample.top_map_top_p=null",
 ]
 
 

@@ -7,18 +7,28 @@ from brainvq.errors import ConfigError
 
 
 def test_defaults_are_the_best_measured_and_seed_yaml_keeps_the_seed_design() -> None:
+    from dataclasses import replace
+
     from brainvq.config import PriorConfig, find_preset, load_config
 
-    config = Config()  # the best measured on OASIS: the oasis-cpu architecture (README, Results)
-    assert config.model.num_residual_blocks == 2 and config.model.downsample == 4 and config.model.levels == 1
-    assert config.model.commitment_cost == 0.25
-    assert config.prior.arch == "pixelcnn" and config.prior.num_layers == 8
+    config = Config()  # the best measured on OASIS: two levels, oasis-cpu's (README, "Two levels")
+    assert config.model.levels == 2 and config.model.top_downsample == 4 and config.model.bottom_dropout == 0.5
+    assert config.model.num_residual_blocks == 2 and config.model.downsample == 4
+    assert config.top_prior.arch == "transformer" and config.prior.arch == "pixelcnn"
     assert config.prior.condition_on_slice and config.prior.positional
-    assert (config.prior_train.batch_size, config.prior_train.lr) == (8, 2e-3)  # oasis-cpu's, README
+    assert (config.sample.top_p, config.sample.top_map_top_p) == (0.7, 1.0)
+    # the oasis-cpu preset is the defaults' architecture and sampling with a CPU hour's budgets
+    preset = load_config(find_preset("oasis-cpu"))
+    for section in ("model", "prior", "top_prior", "sample"):
+        assert getattr(preset, section) == getattr(config, section), section
+    for section in ("train", "prior_train", "top_prior_train"):
+        budget = replace(getattr(preset, section), max_minutes=None)
+        assert budget == replace(getattr(config, section), max_minutes=None), section
     seed = load_config(find_preset("seed"))
     assert seed.prior == PriorConfig() and seed.prior.num_layers == 2 and not seed.prior.condition_on_slice
     assert seed.model.levels == 1 and seed.model.num_embeddings == 512 and seed.model.embedding_dim == 64
     assert (seed.model.quantizer, seed.model.codebook_init) == ("ema", "kmeans++")  # brainvq's quantiser
+    assert (seed.sample.top_p, seed.sample.top_map_top_p) == (1.0, None)  # plain ancestral sampling
 
 
 def test_yaml_round_trip(tmp_path: Path) -> None:
@@ -65,14 +75,20 @@ def test_bad_yaml_names_the_file(tmp_path: Path) -> None:
 
 
 def test_presets_load() -> None:
-    for name in ("demo", "oasis-cpu", "oasis-cpu-2level", "oasis-gpu"):
+    for name in ("demo", "oasis-cpu", "oasis-cpu-1level", "oasis-gpu", "seed"):
         config = load_config(find_preset(name))
         assert isinstance(config, Config)
-    two_levels = load_config(find_preset("oasis-cpu-2level"))  # the recipe measured best (README, "Two levels")
-    assert two_levels.model.levels == 2 and two_levels.model.bottom_dropout == 0.5
-    assert two_levels.model.bottom_dropout_weight == 0.1
-    assert (two_levels.sample.top_p, two_levels.sample.top_map_top_p) == (0.7, 1.0)  # a nucleus: bottom only
-    with pytest.raises(ConfigError, match="preset 'nope' not found"):
+    for name in ("oasis-cpu", "oasis-gpu"):  # two levels won (README, "Two levels")
+        two_levels = load_config(find_preset(name))
+        assert two_levels.model.levels == 2 and two_levels.model.bottom_dropout == 0.5
+        assert two_levels.model.bottom_dropout_weight == 0.1
+        assert (two_levels.sample.top_p, two_levels.sample.top_map_top_p) == (0.7, 1.0)  # a nucleus: bottom only
+    for name in ("oasis-cpu-1level", "demo"):  # one level samples without a nucleus
+        one_level = load_config(find_preset(name))
+        assert one_level.model.levels == 1 and one_level.sample.top_p == 1.0
+    one_level = load_config(find_preset("oasis-cpu-1level"))
+    assert (one_level.prior.num_layers, one_level.prior.input_kernel_size) == (8, 7)
+    with pytest.raises(ConfigError, match="preset 'nope' not found .*presets: demo, oasis-cpu, oasis-cpu-1level"):
         find_preset("nope")
 
 

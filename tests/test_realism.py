@@ -38,6 +38,16 @@ def test_identical_sets_score_perfectly() -> None:
     assert precision_recall(real, real.clone()) == (1.0, 1.0)
 
 
+def test_kid_is_repeatable_and_leaves_the_global_generator_alone() -> None:
+    real, fresh = _features(0), _features(1)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = frechet_and_kid(real, fresh)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random numbers are untouched
+    torch.manual_seed(7)
+    assert frechet_and_kid(real, fresh) == first  # KID's subsets are seeded inside
+
+
 def test_a_shifted_set_ranks_worse_than_a_fresh_draw() -> None:
     real, fresh, shifted = _features(0), _features(1), _features(2, shift=1.5)
     fd_fresh, kid_fresh, _ = frechet_and_kid(real, fresh)

@@ -14,7 +14,7 @@ import torch
 import brainvq
 from brainvq.codes import CodeMaps, decode_levels
 from brainvq.runs import RunDir, load_checkpoint
-from brainvq.sample import sample_codes, slice_conditions
+from brainvq.sample import Sampling, sample_codes, slice_conditions
 
 from .conftest import TINY
 from .test_resume_cli import brainvq as cli
@@ -104,7 +104,7 @@ def test_the_top_map_has_its_own_sampling_settings(two_level_run: Path, tmp_path
     bottom's; on the command line they are recorded, and a one-level run refuses them."""
     run = brainvq.load_run(two_level_run, device="cpu")
     split = brainvq.sample(run, 3, seed=3, top_p=0.3, top_map_temperature=0.7, top_map_top_p=1.0)
-    assert (split.temperature, split.top_p, split.top_map_temperature, split.top_map_top_p) == (1.0, 0.3, 0.7, 1.0)
+    assert split.sampling == Sampling(temperature=1.0, top_p=0.3, top_map_temperature=0.7, top_map_top_p=1.0)
     generator = torch.Generator().manual_seed(3)
     condition = slice_conditions(3, run.prior, None)
     top = sample_codes(run.top_prior, 3, run.top_code_shape, condition=slice_conditions(3, run.top_prior, None),
@@ -113,7 +113,7 @@ def test_the_top_map_has_its_own_sampling_settings(two_level_run: Path, tmp_path
                           temperature=1.0, top_p=0.3)  # fmt: skip
     assert split.top_codes is not None and torch.equal(split.top_codes, top) and torch.equal(split.codes, bottom)
     follows = brainvq.sample(run, 3, seed=3, top_p=0.3)
-    assert (follows.top_map_temperature, follows.top_map_top_p) == (1.0, 0.3)
+    assert (follows.sampling.top_map_temperature, follows.sampling.top_map_top_p) == (1.0, 0.3)
     same = brainvq.sample(run, 3, seed=3, top_p=0.3, top_map_top_p=0.3, top_map_temperature=1.0)
     assert same.top_codes is not None and follows.top_codes is not None
     assert torch.equal(same.top_codes, follows.top_codes) and torch.equal(same.codes, follows.codes)

@@ -719,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default="oasis-cpu",
-        help="a configs/ preset: demo, oasis-cpu, oasis-cpu-2level, oasis-gpu, seed",
+        help="a configs/ preset: oasis-cpu (two levels, the default), oasis-cpu-1level, oasis-gpu, demo, seed",
     )
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--device", default="auto")

@@ -4,7 +4,12 @@ The building blocks' own defaults (``ModelConfig()``, ``PriorConfig()``) are the
 VQ-VAE with two 4x4 stride-2 convolutions and two residual blocks, and a PixelCNN with a 7x7
 mask-A convolution and two residual blocks) with the non-collapsing quantiser (EMA + k-means++
 init + dead-code restart); ``configs/seed.yaml`` keeps that. A :class:`Config`'s defaults are the
-best configuration measured so far on OASIS (see the README's results).
+best configuration measured so far on OASIS (see the README's results): two levels of codes
+(VQ-VAE-2, Razavi et al. 2019) with a transformer prior over the top map and a PixelCNN over the
+bottom map conditioned on it, the architecture and sampling of ``configs/oasis-cpu.yaml``.
+
+A YAML section starts from its dataclass's own defaults (a ``model:`` section without ``levels``
+is one level); a section the file leaves out keeps :class:`Config`'s.
 """
 
 from __future__ import annotations
@@ -203,23 +208,37 @@ class Config:
     """Everything a run needs; saved resolved into the run directory and every checkpoint."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(
+            levels=2, top_downsample=4, bottom_dropout=0.5, bottom_dropout_weight=0.1
+        )
+    )  # a 16x16 top map that the decoder must use (README, "Two levels"); ModelConfig() alone is one level
     prior: PriorConfig = field(
-        default_factory=lambda: PriorConfig(num_layers=8, condition_on_slice=True, positional=True)
-    )  # the best prior measured on OASIS (oasis-cpu's); PriorConfig() alone is the seed's 2-block PixelCNN
+        default_factory=lambda: PriorConfig(
+            num_layers=4, input_kernel_size=3, condition_on_slice=True, positional=True
+        )
+    )  # the bottom prior, conditioned on the top map; PriorConfig() alone is the seed's 2-block PixelCNN
     train: TrainConfig = field(default_factory=TrainConfig)
     prior_train: TrainConfig = field(
         default_factory=lambda: TrainConfig(batch_size=8, lr=2e-3)
     )  # on a 2-core CPU batch 8 learns most per minute: 2.02 bits in 20 min against 2.87 at batch 32
     top_prior: PriorConfig = field(
         default_factory=lambda: PriorConfig(
-            arch="transformer", embedding_dim=256, hidden_channels=256, num_layers=6, num_heads=8,
-            dropout=0.1, condition_on_slice=True, positional=True,
+            arch="transformer",
+            hidden_channels=192,
+            num_layers=4,
+            num_heads=6,
+            dropout=0.1,
+            condition_on_slice=True,
         )
-    )  # fmt: skip
-    top_prior_train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=8, lr=5e-4))
+    )
+    top_prior_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(batch_size=8, lr=5e-4, warmup_steps=50)
+    )
     fabric: FabricConfig = field(default_factory=FabricConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    sample: SampleConfig = field(
+        default_factory=lambda: SampleConfig(top_p=0.7, top_map_top_p=1.0)
+    )  # the bottom map from its nucleus of 0.7, the top map from the full distribution
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     judge_train: TrainConfig = field(
         default_factory=lambda: TrainConfig(batch_size=16, lr=1e-3, epochs=None, max_minutes=15, val_batch_size=32)
@@ -437,8 +456,12 @@ def find_preset(name: str) -> Path:
     candidate = Path(name)
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return candidate
-    for folder in (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs"):
+    folders = (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs")
+    for folder in folders:
         path = folder / f"{name}.yaml"
         if path.is_file():
             return path
-    raise ConfigError(f"preset '{name}' not found (looked for configs/{name}.yaml)")
+    known = sorted({path.stem for folder in folders if folder.is_dir() for path in folder.glob("*.yaml")})
+    raise ConfigError(
+        f"preset '{name}' not found (looked for configs/{name}.yaml; presets: {', '.join(known) or 'none'})"
+    )

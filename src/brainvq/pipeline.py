@@ -239,10 +239,7 @@ def sample_run(
         "seconds_per_image": result.seconds / n,
         "sampler": sampler,
         "seed": seed,
-        "temperature": result.temperature,
-        "top_p": result.top_p,
-        "top_map_temperature": result.top_map_temperature,
-        "top_map_top_p": result.top_map_top_p,
+        **result.sampling._asdict(),  # temperature, top_p, top_map_temperature, top_map_top_p
         "batch_size": batch_size,
         "slices": result.slices,
         "device": str(device_),

@@ -162,8 +162,9 @@ def frechet_and_kid(real: torch.Tensor, fake: torch.Tensor) -> tuple[float, floa
         kid = KernelInceptionDistance(feature=GivenFeatures(real.shape[1]), subset_size=subset, normalize=True)
     kid.update(real.double(), real=True)
     kid.update(fake.double(), real=False)
-    torch.manual_seed(0)  # KID draws its subsets from torch's global generator
-    kid_mean, kid_std = kid.compute()
+    with torch.random.fork_rng(devices=[]):  # KID draws its subsets from torch's global generator:
+        torch.manual_seed(0)  # seed it for repeatable scores, and give the caller's state back
+        kid_mean, kid_std = kid.compute()
     return float(fid.compute()), float(kid_mean), float(kid_std)
 
 

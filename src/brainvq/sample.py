@@ -40,6 +40,17 @@ from brainvq.models.pixelcnn import Extra, Prior, StagedPrior, State
 from brainvq.models.transformer import TransformerPrior
 
 
+class Sampling(NamedTuple):
+    """How codes are drawn: ``temperature`` and ``top_p`` for the bottom (or only) map, and
+    ``top_map_temperature`` and ``top_map_top_p`` for the top map of a two-level run (None for one
+    level)."""
+
+    temperature: float
+    top_p: float
+    top_map_temperature: float | None = None
+    top_map_top_p: float | None = None
+
+
 @dataclass
 class SampleResult:
     """Generated code maps and images, with what made them."""
@@ -52,28 +63,9 @@ class SampleResult:
     decoding_seconds: float
     sampler: str
     seed: int
-    temperature: float
-    top_p: float = 1.0
+    sampling: Sampling  # the settings these samples were drawn with
     paths: list[str] = field(default_factory=list)
     top_codes: torch.Tensor | None = None  # (N, h/t, w/t) int64, two-level runs only
-    top_map_temperature: float | None = None  # two-level runs only
-    top_map_top_p: float | None = None  # two-level runs only
-
-    @property
-    def sampling(self) -> Sampling:
-        """The settings these samples were drawn with."""
-        return Sampling(self.temperature, self.top_p, self.top_map_temperature, self.top_map_top_p)
-
-
-class Sampling(NamedTuple):
-    """How codes are drawn: ``temperature`` and ``top_p`` for the bottom (or only) map, and
-    ``top_map_temperature`` and ``top_map_top_p`` for the top map of a two-level run (None for one
-    level)."""
-
-    temperature: float
-    top_p: float
-    top_map_temperature: float | None = None
-    top_map_top_p: float | None = None
 
 
 def describe_sampling(sampling: Sampling) -> str:
@@ -503,8 +495,5 @@ def sample(
         decoding_seconds=finished - sampled,
         sampler=sampler,
         seed=seed,
-        temperature=how.temperature,
-        top_p=how.top_p,
-        top_map_temperature=how.top_map_temperature,
-        top_map_top_p=how.top_map_top_p,
+        sampling=how,
     )
