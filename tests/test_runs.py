@@ -140,3 +140,21 @@ def test_results_never_outlive_their_model(
     for name in ("pipeline.json", "samples", "codes", "report.html", "metrics/evaluate_validate.json"):
         assert not (run / name).exists(), name
     assert not RunDir(run).has_stage("prior")
+
+
+def test_a_plain_folder_is_refused_with_every_set_it_needs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The default (two-level) pipeline conditions both priors on the slice index, which a plain
+    folder of PNGs lacks: one error names both --set's, before anything is trained."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "plain"
+    data.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((64, 64), 40 * i, dtype=np.uint8)).save(data / f"img{i}.png")
+    code, _, err = _cli(capsys, "pipeline", "--data", str(data), "--run", str(tmp_path / "run"))
+    assert code != 0 and "Traceback" not in err
+    assert "--set prior.condition_on_slice=false --set top_prior.condition_on_slice=false" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

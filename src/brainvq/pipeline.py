@@ -376,14 +376,15 @@ def run_pipeline(
     if is_main_process():
         run.claim()
     data_root = config.data.root
-    if not is_oasis_root(Path(data_root)):
-        for name in ["prior"] + (["top_prior"] if config.model.levels == 2 else []):
-            if not getattr(config, name).condition_on_slice:
-                continue
-            raise RunError(
-                f"{data_root}: a plain folder of PNGs has no slice indices, but {name}.condition_on_slice "
-                f"is true; add --set {name}.condition_on_slice=false (or use the OASIS layout)"
-            )
+    priors = ["prior"] + (["top_prior"] if config.model.levels == 2 else [])
+    conditioned = [name for name in priors if getattr(config, name).condition_on_slice]
+    if conditioned and not is_oasis_root(Path(data_root)):  # every --set it needs, in one message
+        raise RunError(
+            f"{data_root}: a plain folder of PNGs has no slice indices, but "
+            f"{' and '.join(f'{name}.condition_on_slice' for name in conditioned)} "
+            f"{'is' if len(conditioned) == 1 else 'are'} true; add "
+            f"{' '.join(f'--set {name}.condition_on_slice=false' for name in conditioned)} (or use the OASIS layout)"
+        )
     splits = available_splits(Path(data_root)) if is_oasis_root(Path(data_root)) else [config.data.train_split]
     eval_splits = [s for s in (config.data.val_split, "test") if s and s in splits]
     summary: dict[str, Any] = {"run": str(run.root)}
