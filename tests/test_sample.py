@@ -5,7 +5,7 @@ import torch
 
 from brainvq.config import PriorConfig
 from brainvq.models.pixelcnn import build_prior
-from brainvq.sample import RowCache, draw, nucleus, sample_codes, slice_conditions, window_logits
+from brainvq.sample import NUCLEUS_FIRST, RowCache, draw, nucleus, sample_codes, slice_conditions, window_logits
 
 
 def _prior(arch: str, conditioned: bool, size: int = 64) -> torch.nn.Module:
@@ -202,6 +202,27 @@ def test_nucleus_keeps_the_smallest_set_that_reaches_top_p() -> None:
     drawn = torch.bincount(draw(many, 1.0, torch.Generator().manual_seed(0), top_p=0.8), minlength=4) / 20000
     assert drawn[0] == 0 and drawn[2] == 0  # never outside the nucleus
     assert torch.allclose(drawn[[1, 3]], torch.tensor([0.5 / 0.8, 0.3 / 0.8]), atol=0.015)  # renormalised
+
+
+def _nucleus_by_full_sort(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    probs = torch.softmax(logits.float(), dim=1)
+    sorted_probs, order = probs.sort(dim=1, descending=True)
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter(
+        1, order, sorted_probs.cumsum(1) - sorted_probs < top_p
+    )
+    return logits.float().masked_fill(~keep, float("-inf"))
+
+
+@pytest.mark.parametrize("sharpness", [0.5, 3.0, 8.0])
+def test_nucleus_sorting_the_largest_codes_first_keeps_the_same_codes(sharpness: float) -> None:
+    # flat logits need more than NUCLEUS_FIRST codes (the full sort), peaked ones fewer; a batch mixes both
+    logits = torch.randn(32, 512, generator=torch.Generator().manual_seed(1)) * sharpness
+    logits[:4] *= 0.01  # nearly flat rows force the full sort for the whole batch
+    for top_p in (0.3, 0.7, 0.95):
+        assert torch.equal(nucleus(logits, top_p), _nucleus_by_full_sort(logits, top_p))
+        assert torch.equal(nucleus(logits[4:], top_p), _nucleus_by_full_sort(logits[4:], top_p))
+    inside = torch.isfinite(nucleus(logits[4:], 0.7)).sum(1)
+    assert bool((inside <= NUCLEUS_FIRST).all()) == (sharpness > 1)  # both paths are tested
 
 
 @pytest.mark.parametrize("arch", ["pixelcnn", "gated"])

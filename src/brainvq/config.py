@@ -314,15 +314,22 @@ class Config:
                 )
             if not 0 <= prior.dropout < 1:
                 raise ConfigError(f"config key '{section}.dropout': must be in [0, 1), got {prior.dropout}")
-        for name in ("temperature", "top_map_temperature"):
-            value = getattr(self.sample, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"config key 'sample.{name}': must be >= 0, got {value}")
-        for name in ("top_p", "top_map_top_p"):
-            value = getattr(self.sample, name)
-            if value is not None and not 0 < value <= 1:
-                raise ConfigError(f"config key 'sample.{name}': must be in (0, 1], got {value}")
+        for name in ("temperature", "top_p", "top_map_temperature", "top_map_top_p"):
+            problem = sampling_problem(name, getattr(self.sample, name))
+            if problem:
+                raise ConfigError(f"config key 'sample.{name}': {problem}")
         return self
+
+
+def sampling_problem(name: str, value: float | None) -> str | None:
+    """What is wrong with a sampling setting, or None: a temperature (``temperature``,
+    ``top_map_temperature``) must be at least 0, a nucleus (``top_p``, ``top_map_top_p``) in (0, 1].
+    Checked for configs and for values given to a draw alike."""
+    if value is None:
+        return None
+    if name.endswith("top_p"):
+        return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
+    return None if value >= 0 else f"must be >= 0, got {value}"
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:

@@ -262,9 +262,10 @@ def sampling_suffix(sampling: Sampling) -> str:
     nucleus below 1 (``_p0.9``), and top-map settings that differ from the bottom's (``_topT1``,
     ``_topp1``)."""
     temperature, top_p, top_temperature, top_top_p = sampling
+    temperature_differs, top_p_differs = sampling.top_map_differs()
     suffix = ("" if temperature == 1.0 else f"_T{temperature:g}") + ("" if top_p == 1.0 else f"_p{top_p:g}")
-    suffix += f"_topT{top_temperature:g}" if top_temperature not in (None, temperature) else ""
-    return suffix + (f"_topp{top_top_p:g}" if top_top_p not in (None, top_p) else "")
+    suffix += f"_topT{top_temperature:g}" if temperature_differs else ""
+    return suffix + (f"_topp{top_top_p:g}" if top_p_differs else "")
 
 
 def realism_suffix(seed: int, sampling: Sampling) -> str:

@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from brainvq.codes import decode_levels, slice_condition
-from brainvq.config import SampleConfig
+from brainvq.config import SampleConfig, sampling_problem
 from brainvq.devices import resolve_device
 from brainvq.errors import RunError
 from brainvq.models.pixelcnn import Extra, Prior, StagedPrior, State
@@ -49,6 +49,14 @@ class Sampling(NamedTuple):
     top_p: float
     top_map_temperature: float | None = None
     top_map_top_p: float | None = None
+
+    def top_map_differs(self) -> tuple[bool, bool]:
+        """Whether the top map's temperature and nucleus differ from the bottom map's (never for one
+        level): what titles and file names mention."""
+        return (
+            self.top_map_temperature not in (None, self.temperature),
+            self.top_map_top_p not in (None, self.top_p),
+        )
 
 
 @dataclass
@@ -72,12 +80,9 @@ def describe_sampling(sampling: Sampling) -> str:
     """``T=1, top-p 0.9`` (the nucleus only below 1), then ``; top map ...`` for top-map settings
     that differ from the bottom's: for titles and legends."""
     text = f"T={sampling.temperature:g}" + (f", top-p {sampling.top_p:g}" if sampling.top_p < 1 else "")
-    top = (
-        [f"T={sampling.top_map_temperature:g}"]
-        if sampling.top_map_temperature not in (None, sampling.temperature)
-        else []
-    )
-    top += [f"top-p {sampling.top_map_top_p:g}"] if sampling.top_map_top_p not in (None, sampling.top_p) else []
+    temperature_differs, top_p_differs = sampling.top_map_differs()
+    top = [f"T={sampling.top_map_temperature:g}"] if temperature_differs else []
+    top += [f"top-p {sampling.top_map_top_p:g}"] if top_p_differs else []
     return text + (f"; top map {', '.join(top)}" if top else "")
 
 
@@ -101,13 +106,15 @@ def resolve_sampling(
         top_map_top_p = next(v for v in (top_map_top_p, config.top_map_top_p, top_p) if v is not None)
     elif top_map_temperature is not None or top_map_top_p is not None:
         raise RunError("top_map_temperature and top_map_top_p need a two-level run (model.levels 2)")
-    for name, value in (("top_p", top_p), ("top_map_top_p", top_map_top_p)):
-        if value is not None and not 0 < value <= 1:
-            raise RunError(f"{name} must be in (0, 1], got {value}")
-    for name, value in (("temperature", temperature), ("top_map_temperature", top_map_temperature)):
-        if value is not None and value < 0:
-            raise RunError(f"{name} must be >= 0, got {value}")
-    return Sampling(temperature, top_p, top_map_temperature, top_map_top_p)
+    sampling = Sampling(temperature, top_p, top_map_temperature, top_map_top_p)
+    for name, value in sampling._asdict().items():
+        problem = sampling_problem(name, value)
+        if problem:
+            raise RunError(f"{name} {problem}")
+    return sampling
+
+
+NUCLEUS_FIRST = 64  # how many of the most likely codes :func:`nucleus` sorts before it sorts them all
 
 
 def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -116,9 +123,15 @@ def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     sampling, Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"). It cuts the
     long tail of unlikely codes that an imperfect prior still gives mass to."""
     probs = torch.softmax(logits.float(), dim=1)
-    sorted_probs, order = probs.sort(dim=1, descending=True)
-    keep_sorted = sorted_probs.cumsum(dim=1) - sorted_probs < top_p  # the most likely code always stays
-    keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+    num_codes = probs.shape[1]
+    for largest in (min(NUCLEUS_FIRST, num_codes), num_codes):
+        # a trained prior's nucleus is mostly a few codes: sort the largest first, all only if needed
+        sorted_probs, order = probs.topk(largest, dim=1) if largest < num_codes else probs.sort(1, descending=True)
+        total = sorted_probs.cumsum(dim=1)
+        if largest == num_codes or bool((total[:, -1] >= top_p).all()):  # every nucleus lies inside
+            break
+    keep_sorted = total - sorted_probs < top_p  # the most likely code always stays
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter(1, order, keep_sorted)
     return logits.float().masked_fill(~keep, float("-inf"))
 
 
@@ -197,7 +210,13 @@ class RowCache:
     computes them once, full width, and caches them. The logits at (i, j) then need, per stage,
     only row i over the few columns later stages still read, with the rows above taken from the
     cache: a strip of ``radius + 1`` rows per stage instead of the whole map.
+
+    The cached rows and the stages' extras are stored channels-last (``memory_format``): a window of
+    a few columns is then a few runs of contiguous memory instead of one per channel, which makes the
+    small convolutions and additions of each step faster on a CPU (``benchmarks/sampling.py``).
     """
+
+    memory_format = torch.channels_last
 
     def __init__(
         self,
@@ -207,7 +226,10 @@ class RowCache:
         context: torch.Tensor | None = None,
     ) -> None:
         self.prior, self.codes = prior, codes
-        self.extras = prior.extras(condition, context)  # each stage's bias and context, once for the whole map
+        self.extras = [  # each stage's bias and context, once for the whole map
+            extra.contiguous(memory_format=self.memory_format) if isinstance(extra, torch.Tensor) else extra
+            for extra in prior.extras(condition, context)
+        ]
         self.width = codes.shape[2]
         self.radii = [int(stage.radius) for stage in prior.stages]  # type: ignore[arg-type]
         self.after = [sum(self.radii[index + 1 :]) for index in range(len(self.radii))]
@@ -241,8 +263,7 @@ class RowCache:
 
     def _store(self, index: int, i: int, row: State) -> None:
         if self.inputs[index] is None:
-            height = self.codes.shape[1]
-            self.inputs[index] = _apply(row, lambda t: t.new_zeros(t.shape[0], t.shape[1], height, t.shape[3]))
+            self.inputs[index] = _apply(row, self._empty_map)
         cache = self.inputs[index]
         if isinstance(cache, tuple):
             assert isinstance(row, tuple)
@@ -251,6 +272,13 @@ class RowCache:
         else:
             assert isinstance(cache, torch.Tensor) and isinstance(row, torch.Tensor)
             cache[:, :, i] = row[:, :, 0]
+
+    def _empty_map(self, row: torch.Tensor) -> torch.Tensor:
+        """Zeros for every row of the map, like ``row`` (B, C, 1, w), stored in ``memory_format``."""
+        batch, channels, _, width = row.shape
+        return row.new_zeros(batch, channels, self.codes.shape[1], width).contiguous(
+            memory_format=self.memory_format
+        )
 
     def logits(self, i: int, j: int) -> torch.Tensor:
         """Logits (B, K) at (i, j); rows above i must have been finished."""

@@ -26,11 +26,27 @@ from brainvq.config import PriorConfig
 
 @dataclass
 class KVCache:
-    """Keys and values of the positions fed so far, per block: lists of (B, heads, t, head_dim)."""
+    """Keys and values of the positions fed so far, per block: buffers (B, heads, T, head_dim) for
+    the whole sequence, allocated on first use and written in place (growing them with ``cat`` at
+    every step copied the whole cache each time, most of the top map's sampling time), of which the
+    first ``length`` positions are filled."""
 
     keys: list[torch.Tensor | None] = field(default_factory=list)
     values: list[torch.Tensor | None] = field(default_factory=list)
     length: int = 0
+    capacity: int = 0
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new positions' ``k``, ``v`` (B, heads, new, head_dim) of block ``layer`` after
+        the ``length`` cached ones; return the keys and values of every position so far."""
+        start, end = self.length, self.length + k.shape[2]
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None or values is None:
+            shape = (k.shape[0], k.shape[1], max(self.capacity, end), k.shape[3])
+            keys, values = k.new_empty(shape), v.new_empty(shape)
+            self.keys[layer], self.values[layer] = keys, values
+        keys[:, :, start:end], values[:, :, start:end] = k, v
+        return keys[:, :, :end], values[:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -50,13 +66,12 @@ class CausalSelfAttention(nn.Module):
         heads = (batch, length, self.num_heads, width // self.num_heads)
         q, k, v = (t.view(heads).transpose(1, 2) for t in (q, k, v))  # (B, T, C) -> (B, heads, T, C/heads)
         if cache is not None:
-            past_k, past_v = cache.keys[layer], cache.values[layer]
-            if past_k is not None and past_v is not None:
-                k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
-            cache.keys[layer], cache.values[layer] = k, v
+            k, v = cache.extend(layer, k, v)
         dropout = self.dropout if self.training else 0.0
         if k.shape[2] == length:  # no cached positions: plain causal attention
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        elif length == 1:  # one new position sees every position so far
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:
             mask = _causal_mask(length, k.shape[2], x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
@@ -145,7 +160,8 @@ class TransformerPrior(nn.Module):
 
     def new_cache(self) -> KVCache:
         """An empty key/value cache for :meth:`step`."""
-        return KVCache([None] * len(self.blocks), [None] * len(self.blocks), 0)
+        length = int(self.position.num_embeddings)
+        return KVCache([None] * len(self.blocks), [None] * len(self.blocks), 0, length)
 
     def step(
         self, flat_codes: torch.Tensor, upto: int, cache: KVCache, condition: torch.Tensor | None
