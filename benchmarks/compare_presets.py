@@ -6,7 +6,7 @@
 Runs, one after another (so that each time-budgeted stage has the CPU to itself), what a user
 would run by hand:
 
-1. ``brainvq train-judge --data DATA --out OUT/judge --max-minutes M`` (skipped when OUT/judge/judge.json exists);
+1. ``brainvq train-judge --data DATA --out OUT/judge`` (its default step budget; skipped when OUT/judge/judge.json exists);
 2. ``brainvq pipeline --data DATA --run OUT/PRESET --preset PRESET`` for each preset (the pipeline
    itself skips finished stages and resumes an interrupted one);
 3. ``brainvq evaluate-samples --judge OUT/judge --real DATA --split SPLIT --run OUT/PRESET --n N
@@ -67,9 +67,7 @@ def realism_path(run: Path, split: str, seed: int, overrides: list[str] | None =
 def run_all(args: argparse.Namespace) -> None:
     judge = args.out / "judge"
     if not (judge / "judge.json").is_file():
-        brainvq(
-            "train-judge", "--data", str(args.data), "--out", str(judge), "--max-minutes", str(args.judge_minutes)
-        )
+        brainvq("train-judge", "--data", str(args.data), "--out", str(judge))
     for preset in args.presets:
         brainvq(
             "pipeline", "--data", str(args.data), "--run", str(args.out / preset), "--preset", preset, "--quiet"
@@ -190,7 +188,6 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--split", default="validate")
     parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--judge-minutes", type=float, default=15)
     parser.add_argument("--table-only", action="store_true", help="print the table from the files already there")
     parser.add_argument(
         "--set-run",

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from brainvq.cli import main
 from brainvq.data import load_split
-from brainvq.judge import load_judge, score_dataset
+from brainvq.judge import load_judge, score_dataset, weights_hash
 from brainvq.phantom import make_phantom
+from brainvq.runs import RunDir, stage_checkpoint
+
+from .conftest import JUDGE_SETS
 
 
 @pytest.mark.slow
@@ -23,6 +30,26 @@ def test_judge_learns_tissue_and_slice_on_the_phantom(trained_judge: Path, judge
     assert scores.dice["gm"] > 0.7 and scores.dice["wm"] > 0.85, scores.dice
     assert scores.slice_error is not None and scores.slice_error < 6.0, scores.slice_error  # chance: about 10.7
     assert scores.features.shape == (64, judge.model.num_features)
+
+
+@pytest.mark.slow
+def test_a_judge_retrained_with_the_same_steps_keeps_its_hash(
+    trained_judge: Path, judge_data: Path, tmp_path: Path
+) -> None:
+    # rebuilt in another process from the command line, as a user rebuilding a published table's judge would
+    again = tmp_path / "judge"
+    sets = [arg for value in JUDGE_SETS for arg in ("--set", value)]
+    command = [sys.executable, "-m", "brainvq.cli", "train-judge", "--data", str(judge_data), "--out", str(again)]
+    subprocess.run([*command, *sets, "--quiet"], check=True, capture_output=True)
+    first, second = (json.loads((folder / "judge.json").read_text()) for folder in (trained_judge, again))
+    assert first["steps"] == second["steps"] == 250
+    assert second["hash"] == first["hash"] == load_judge(again, "cpu").hash
+    files = [stage_checkpoint(RunDir(folder), "judge").read_bytes() for folder in (trained_judge, again)]
+    assert files[0] != files[1]  # the checkpoints differ (their elapsed time), the weights do not
+    judge = load_judge(again, "cpu")
+    with torch.no_grad():
+        next(judge.model.parameters()).view(-1)[0] += 1e-3
+    assert weights_hash(judge.model) != judge.hash  # any change of a weight changes the hash
 
 
 @pytest.mark.slow

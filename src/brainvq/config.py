@@ -240,8 +240,9 @@ class Config:
         default_factory=lambda: SampleConfig(top_p=0.7, top_map_top_p=1.0)
     )  # the bottom map from its nucleus of 0.7, the top map from the full distribution
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    # a step budget, not minutes: the same judge (and hash) whatever the machine's speed that day
     judge_train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(batch_size=16, lr=1e-3, epochs=None, max_minutes=15, val_batch_size=32)
+        default_factory=lambda: TrainConfig(batch_size=16, lr=1e-3, epochs=None, max_steps=635, val_batch_size=32)
     )
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,12 +3,15 @@
 ``brainvq train-judge --data DATA --out JUDGE`` trains :class:`brainvq.models.judge.Judge` on the
 train split's tissue masks with the same engine, checkpoints, resume and logs as the VQ-VAE and
 the prior, validating Dice per tissue and the slice-index error each epoch. ``JUDGE/judge.json``
-records the content hash of the judge's checkpoint; every score computed with a judge carries that
-hash, so numbers from different judges are never compared by accident.
+records the hash of the judge's weights (:func:`weights_hash`); every score computed with a judge
+carries that hash, so numbers from different judges are never compared by accident, while a judge
+retrained with the same step budget (``judge_train.max_steps``) on the same software and machine
+gets the same weights and so the same hash, and keeps earlier scores comparable.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from brainvq.data import SliceDataset, iterate_batches, load_split, scan_split
 from brainvq.devices import autocast_context, autocast_dtype, inference_precision, is_main_process, resolve_device
 from brainvq.engine import StepOutput, fabric_config_check, launch_task, make_fabric, stage_loggers
 from brainvq.errors import DataError, RunError
-from brainvq.files import atomic_save_image, atomic_write_json, file_hash
+from brainvq.files import atomic_save_image, atomic_write_json
 from brainvq.models.judge import Judge
 from brainvq.runs import RunDir, load_checkpoint, load_module_state, stage_checkpoint
 from brainvq.tasks import SliceTask
@@ -205,7 +208,7 @@ def train_judge(
     if is_main_process():
         path = stage_checkpoint(run, "judge")
         record = {
-            "hash": file_hash(path),
+            "hash": load_judge(run.root, "cpu").hash,
             "checkpoint": path.name,
             "image_size": list(size),
             "num_slices": config.judge.num_slices,
@@ -241,6 +244,18 @@ class LoadedJudge:
             )
 
 
+def weights_hash(model: nn.Module, length: int = 16) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``model``'s weights (each state-dict entry's
+    name, dtype, shape and bytes, in order). Unlike a hash of the checkpoint file it ignores what
+    else a checkpoint holds (elapsed time, optimiser state), so equal weights give equal hashes."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:length]
+
+
 def load_judge(path: str | Path, device: str | torch.device = "auto") -> LoadedJudge:
     """Load ``JUDGE/`` (its best checkpoint, else its last), on the GPU when one is visible."""
     run = RunDir(path)
@@ -257,7 +272,7 @@ def load_judge(path: str | Path, device: str | torch.device = "auto") -> LoadedJ
         raise RunError(f"{checkpoint_path}: judge checkpoint does not record its image size")
     model = model.to(device).eval()
     return LoadedJudge(
-        model, file_hash(checkpoint_path), (int(size[0]), int(size[1])), device, inference_precision(device)
+        model, weights_hash(model), (int(size[0]), int(size[1])), device, inference_precision(device)
     )
 
 
