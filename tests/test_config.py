@@ -22,8 +22,14 @@ def test_defaults_are_the_best_measured_and_seed_yaml_keeps_the_seed_design() ->
     for section in ("model", "prior", "top_prior", "sample"):
         assert getattr(preset, section) == getattr(config, section), section
     for section in ("train", "prior_train", "top_prior_train"):
-        budget = replace(getattr(preset, section), max_minutes=None)
-        assert budget == replace(getattr(config, section), max_minutes=None), section
+        budget = replace(getattr(preset, section), max_minutes=None, max_steps=None)
+        assert budget == replace(getattr(config, section), max_minutes=None, max_steps=None), section
+    # its budgets are steps (the same model whatever the machine's speed), the measured run's
+    budgets = [
+        (getattr(preset, s).max_steps, getattr(preset, s).max_minutes)
+        for s in ("train", "top_prior_train", "prior_train")
+    ]
+    assert budgets == [(1742, None), (1179, None), (2868, None)]
     seed = load_config(find_preset("seed"))
     assert seed.prior == PriorConfig() and seed.prior.num_layers == 2 and not seed.prior.condition_on_slice
     assert seed.model.levels == 1 and seed.model.num_embeddings == 512 and seed.model.embedding_dim == 64
