@@ -101,12 +101,13 @@ def two_level_preset(batch: int, rows: int) -> None:
     condition = torch.linspace(4, 27, batch).round().long()
     started = time.perf_counter()
     top = sample_codes(top_prior, batch, (16, 16), generator=0, condition=condition, batch_size=batch)
-    top_seconds = time.perf_counter() - started
+    top_done = time.perf_counter()
     codes = sample_codes(bottom, batch, (64, 64), generator=0, condition=condition, context=top, top_p=0.7)
-    bottom_seconds = time.perf_counter() - top_seconds - started
+    bottom_done = time.perf_counter()
     with torch.no_grad():
         vqvae.decode(TwoLevelCodes(top=top, bottom=codes))  # type: ignore[arg-type]
-    decode_seconds = time.perf_counter() - bottom_seconds - top_seconds - started
+    decoded = time.perf_counter()
+    top_seconds, bottom_seconds, decode_seconds = top_done - started, bottom_done - top_done, decoded - bottom_done
     total = top_seconds + bottom_seconds + decode_seconds
     print(
         f"two-level preset, {batch} slices: top map {top_seconds:.1f} s + bottom map {bottom_seconds:.1f} s "
