@@ -1,0 +1,131 @@
+"""Top maps with no background: how often a two-level run's top prior draws them, and what they cost.
+
+    python benchmarks/top_map_outliers.py --run runs/oasis-cpu --seeds 0 1 2 --top-map-top-p 1 0.95 0.9
+    python benchmarks/top_map_outliers.py --run runs/oasis-cpu --judge runs/judge --data ../shared/oasis \
+        --samples runs/oasis-cpu/samples/realism_n256_seed0
+
+Real OASIS slices are black around the head, so the outer ring of every real top map (its outer
+``--ring`` cells) holds the same few background codes: in the run's encoded ``--split`` (validate), each
+map agrees with the per-position commonest code on a share of its ring between the split's minimum
+and 1. A drawn top map whose share is more than ``--margin`` below that minimum has brain where
+the background should be, and its decoded slice is brain texture to the frame's edge.
+
+The first form draws ``--n`` top maps (the real split's mix of slice indices, as ``brainvq
+evaluate-samples`` does) for each seed and top-map nucleus, and counts such maps. The second
+takes a folder that ``brainvq evaluate-samples --run`` wrote (its ``samples.json`` holds the seed,
+the sampling and the slices), draws its top maps again (the top maps are drawn before the bottom
+maps, so they are the samples' own), and reports the tissue error of the judge with every sample
+and without the flagged ones. It prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brainvq.codes import CodeMaps
+from brainvq.realism import matching_slices
+from brainvq.runs import load_run
+from brainvq.sample import sample_codes, slice_conditions
+
+
+def ring_mask(shape: tuple[int, int], width: int) -> torch.Tensor:
+    """True on the outer ``width`` cells of an (h, w) map."""
+    ring = torch.ones(shape, dtype=torch.bool)
+    ring[width:-width, width:-width] = False
+    return ring
+
+
+def ring_agreement(maps: torch.Tensor, mode: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
+    """Per map (N,): the share of ring cells whose code is the real maps' commonest there."""
+    return (maps == mode)[:, ring].float().mean(1)
+
+
+def draw_top_maps(run: Any, slices: list[int], seed: int, top_p: float, temperature: float = 1.0) -> torch.Tensor:
+    """The top maps ``brainvq.sample`` draws first for these slices, seed and top-map sampling."""
+    top_prior = run.require_top_prior()
+    condition = slice_conditions(len(slices), top_prior, slices)
+    return sample_codes(
+        top_prior, len(slices), run.top_code_shape, generator=seed, top_p=top_p, temperature=temperature,
+        condition=condition, batch_size=16,
+    )  # fmt: skip
+
+
+def count_outliers(
+    run: Any, real_top: torch.Tensor, real_slices: torch.Tensor, args: argparse.Namespace
+) -> dict[str, Any]:
+    mode = real_top.mode(0).values  # (h, w): the commonest real code at each position
+    ring = ring_mask(tuple(mode.shape), args.ring)  # type: ignore[arg-type]
+    real_share = ring_agreement(real_top, mode, ring)
+    limit = float(real_share.min()) - args.margin
+    slices = matching_slices(real_slices, args.n)
+    drawn = {}
+    for top_p in args.top_map_top_p:
+        for seed in args.seeds:
+            share = ring_agreement(draw_top_maps(run, slices, seed, top_p), mode, ring)
+            flagged = torch.nonzero(share < limit).flatten().tolist()
+            drawn[f"top_p {top_p}, seed {seed}"] = {"flagged": len(flagged), "of": args.n, "which": flagged}
+    return {"real_min": float(real_share.min()), "real_median": float(real_share.median()), "limit": limit,
+            "drawn": drawn}  # fmt: skip
+
+
+def tissue_without_outliers(run: Any, real_top: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
+    from brainvq.judge import load_judge
+    from brainvq.realism import build_reference, folder_set, judge_set, per_slice_fractions, tissue_error
+
+    record = json.loads((Path(args.samples) / "samples.json").read_text())
+    slices = [int(s) for s in record["slices"]]
+    mode = real_top.mode(0).values
+    ring = ring_mask(tuple(mode.shape), args.ring)  # type: ignore[arg-type]
+    limit = float(ring_agreement(real_top, mode, ring).min()) - args.margin
+    top = draw_top_maps(run, slices, record["seed"], record["top_map_top_p"], record["top_map_temperature"])
+    flagged = ring_agreement(top, mode, ring) < limit
+    judge = load_judge(args.judge, "cpu")
+    reference = build_reference(judge, args.data, args.split, args.data, Path(args.judge) / "cache")[0]
+    images = folder_set(args.samples)
+    judged = judge_set(judge, images)
+    assert images.slices is not None and len(images) == len(flagged)
+    out: dict[str, Any] = {"flagged": torch.nonzero(flagged).flatten().tolist()}
+    for name, keep in (("all", torch.ones_like(flagged)), ("without_flagged", ~flagged)):
+        table = per_slice_fractions(judged.fractions[keep], images.slices[keep], reference.num_slices)
+        out[f"tissue_error_{name}"] = tissue_error(reference.real_table, table)
+    brain = judged.fractions.sum(1)  # (N,) the judge's CSF + GM + WM share of each image
+    out["brain_fraction_flagged"] = [round(float(b), 3) for b in brain[flagged]]
+    out["brain_fraction_median"] = float(brain.median())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--top-map-top-p", type=float, nargs="+", default=[1.0, 0.95, 0.9])
+    parser.add_argument("--ring", type=int, default=3, help="ring width in top-map cells")
+    parser.add_argument("--margin", type=float, default=0.05)
+    parser.add_argument("--samples", help="a folder written by `brainvq evaluate-samples --run`")
+    parser.add_argument("--judge")
+    parser.add_argument("--data")
+    parser.add_argument("--split", default="validate")
+    args = parser.parse_args()
+    run = load_run(args.run, "cpu")
+    if run.levels != 2:
+        raise SystemExit(f"{args.run}: not a two-level run (model.levels is 1)")
+    codes = CodeMaps.load(run.root.root / "codes" / f"{args.split}.pt")  # the real top maps of the split
+    assert codes.top_indices is not None
+    real_top = codes.top_indices.long()  # (N, h/t, w/t)
+    if args.samples:
+        if not (args.judge and args.data):
+            raise SystemExit("--samples needs --judge and --data")
+        result = tissue_without_outliers(run, real_top, args)
+    else:
+        result = count_outliers(run, real_top, codes.slices, args)
+    print(json.dumps({"run": args.run, **result}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
