@@ -77,7 +77,12 @@ def tissue_without_outliers(run: Any, real_top: torch.Tensor, args: argparse.Nam
     from brainvq.judge import load_judge
     from brainvq.realism import build_reference, folder_set, judge_set, per_slice_fractions, tissue_error
 
-    record = json.loads((Path(args.samples) / "samples.json").read_text())
+    listing = Path(args.samples) / "samples.json"
+    if not listing.is_file():
+        raise SystemExit(
+            f"{listing}: not found (--samples takes a folder that `brainvq evaluate-samples --run` wrote)"
+        )
+    record = json.loads(listing.read_text())
     slices = [int(s) for s in record["slices"]]
     mode = real_top.mode(0).values
     ring = ring_mask(tuple(mode.shape), args.ring)  # type: ignore[arg-type]
