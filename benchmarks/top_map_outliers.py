@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -45,6 +45,26 @@ def ring_agreement(maps: torch.Tensor, mode: torch.Tensor, ring: torch.Tensor) -
     return (maps == mode)[:, ring].float().mean(1)
 
 
+class Background(NamedTuple):
+    """What a real top map's ring looks like, from the split's encoded top maps."""
+
+    mode: torch.Tensor  # (h, w): the commonest real code at each position
+    ring: torch.Tensor  # (h, w) bool: the outer cells
+    real_share: torch.Tensor  # (N,): each real map's ring agreement
+    limit: float  # a drawn map below this has no background
+
+    @classmethod
+    def of(cls, real_top: torch.Tensor, width: int, margin: float) -> Background:
+        mode = real_top.mode(0).values
+        ring = ring_mask((mode.shape[0], mode.shape[1]), width)
+        share = ring_agreement(real_top, mode, ring)
+        return cls(mode, ring, share, float(share.min()) - margin)
+
+    def flagged(self, maps: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the drawn maps with no background."""
+        return ring_agreement(maps, self.mode, self.ring) < self.limit
+
+
 def draw_top_maps(run: Any, slices: list[int], seed: int, top_p: float, temperature: float = 1.0) -> torch.Tensor:
     """The top maps ``brainvq.sample`` draws first for these slices, seed and top-map sampling."""
     top_prior = run.require_top_prior()
@@ -56,24 +76,20 @@ def draw_top_maps(run: Any, slices: list[int], seed: int, top_p: float, temperat
 
 
 def count_outliers(
-    run: Any, real_top: torch.Tensor, real_slices: torch.Tensor, args: argparse.Namespace
+    run: Any, background: Background, real_slices: torch.Tensor, args: argparse.Namespace
 ) -> dict[str, Any]:
-    mode = real_top.mode(0).values  # (h, w): the commonest real code at each position
-    ring = ring_mask(tuple(mode.shape), args.ring)  # type: ignore[arg-type]
-    real_share = ring_agreement(real_top, mode, ring)
-    limit = float(real_share.min()) - args.margin
     slices = matching_slices(real_slices, args.n)
     drawn = {}
     for top_p in args.top_map_top_p:
         for seed in args.seeds:
-            share = ring_agreement(draw_top_maps(run, slices, seed, top_p), mode, ring)
-            flagged = torch.nonzero(share < limit).flatten().tolist()
+            flagged = torch.nonzero(background.flagged(draw_top_maps(run, slices, seed, top_p))).flatten().tolist()
             drawn[f"top_p {top_p}, seed {seed}"] = {"flagged": len(flagged), "of": args.n, "which": flagged}
-    return {"real_min": float(real_share.min()), "real_median": float(real_share.median()), "limit": limit,
+    share = background.real_share
+    return {"real_min": float(share.min()), "real_median": float(share.median()), "limit": background.limit,
             "drawn": drawn}  # fmt: skip
 
 
-def tissue_without_outliers(run: Any, real_top: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
+def tissue_without_outliers(run: Any, background: Background, args: argparse.Namespace) -> dict[str, Any]:
     from brainvq.judge import load_judge
     from brainvq.realism import build_reference, folder_set, judge_set, per_slice_fractions, tissue_error
 
@@ -84,11 +100,8 @@ def tissue_without_outliers(run: Any, real_top: torch.Tensor, args: argparse.Nam
         )
     record = json.loads(listing.read_text())
     slices = [int(s) for s in record["slices"]]
-    mode = real_top.mode(0).values
-    ring = ring_mask(tuple(mode.shape), args.ring)  # type: ignore[arg-type]
-    limit = float(ring_agreement(real_top, mode, ring).min()) - args.margin
     top = draw_top_maps(run, slices, record["seed"], record["top_map_top_p"], record["top_map_temperature"])
-    flagged = ring_agreement(top, mode, ring) < limit
+    flagged = background.flagged(top)
     judge = load_judge(args.judge, "cpu")
     reference = build_reference(judge, args.data, args.split, args.data, Path(args.judge) / "cache")[0]
     images = folder_set(args.samples)
@@ -122,13 +135,13 @@ def main() -> None:
         raise SystemExit(f"{args.run}: not a two-level run (model.levels is 1)")
     codes = CodeMaps.load(run.root.root / "codes" / f"{args.split}.pt")  # the real top maps of the split
     assert codes.top_indices is not None
-    real_top = codes.top_indices.long()  # (N, h/t, w/t)
+    background = Background.of(codes.top_indices.long(), args.ring, args.margin)  # real top maps (N, h/t, w/t)
     if args.samples:
         if not (args.judge and args.data):
             raise SystemExit("--samples needs --judge and --data")
-        result = tissue_without_outliers(run, real_top, args)
+        result = tissue_without_outliers(run, background, args)
     else:
-        result = count_outliers(run, real_top, codes.slices, args)
+        result = count_outliers(run, background, codes.slices, args)
     print(json.dumps({"run": args.run, **result}, indent=2))
 
 
