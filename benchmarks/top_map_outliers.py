@@ -2,13 +2,15 @@
 
     python benchmarks/top_map_outliers.py --run runs/oasis-cpu --seeds 0 1 2 --top-map-top-p 1 0.95 0.9
     python benchmarks/top_map_outliers.py --run runs/oasis-cpu --judge runs/judge --data ../shared/oasis \
-        --samples runs/oasis-cpu/samples/realism_n256_seed0
+        --samples runs/oasis-cpu/samples/realism_n256_seed0_nocheck
 
 Real OASIS slices are black around the head, so the outer ring of every real top map (its outer
-``--ring`` cells) holds the same few background codes: in the run's encoded ``--split`` (validate), each
-map agrees with the per-position commonest code on a share of its ring between the split's minimum
-and 1. A drawn top map whose share is more than ``--margin`` below that minimum has brain where
-the background should be, and its decoded slice is brain texture to the frame's edge.
+``--ring`` cells) holds the same few background codes: in the run's encoded ``--reference`` split
+(train, as ``brainvq.background`` uses when sampling), each map agrees with the per-position
+commonest code on a share of its ring between the split's minimum and 1. A drawn top map whose
+share is more than ``--margin`` below that minimum has brain where the background should be, and
+its decoded slice is brain texture to the frame's edge. ``brainvq sample`` draws such maps again
+unless told ``--no-background-check``; this script measures the maps before that check.
 
 The first form draws ``--n`` top maps (the real split's mix of slice indices, as ``brainvq
 evaluate-samples`` does) for each seed and top-map nucleus, and counts such maps. The second
@@ -23,50 +25,20 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
+from brainvq.background import Background
 from brainvq.codes import CodeMaps
 from brainvq.realism import matching_slices
 from brainvq.runs import load_run
 from brainvq.sample import sample_codes, slice_conditions
 
 
-def ring_mask(shape: tuple[int, int], width: int) -> torch.Tensor:
-    """True on the outer ``width`` cells of an (h, w) map."""
-    ring = torch.ones(shape, dtype=torch.bool)
-    ring[width:-width, width:-width] = False
-    return ring
-
-
-def ring_agreement(maps: torch.Tensor, mode: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
-    """Per map (N,): the share of ring cells whose code is the real maps' commonest there."""
-    return (maps == mode)[:, ring].float().mean(1)
-
-
-class Background(NamedTuple):
-    """What a real top map's ring looks like, from the split's encoded top maps."""
-
-    mode: torch.Tensor  # (h, w): the commonest real code at each position
-    ring: torch.Tensor  # (h, w) bool: the outer cells
-    real_share: torch.Tensor  # (N,): each real map's ring agreement
-    limit: float  # a drawn map below this has no background
-
-    @classmethod
-    def of(cls, real_top: torch.Tensor, width: int, margin: float) -> Background:
-        mode = real_top.mode(0).values
-        ring = ring_mask((mode.shape[0], mode.shape[1]), width)
-        share = ring_agreement(real_top, mode, ring)
-        return cls(mode, ring, share, float(share.min()) - margin)
-
-    def flagged(self, maps: torch.Tensor) -> torch.Tensor:
-        """(N,) bool: the drawn maps with no background."""
-        return ring_agreement(maps, self.mode, self.ring) < self.limit
-
-
 def draw_top_maps(run: Any, slices: list[int], seed: int, top_p: float, temperature: float = 1.0) -> torch.Tensor:
-    """The top maps ``brainvq.sample`` draws first for these slices, seed and top-map sampling."""
+    """The top maps ``brainvq.sample`` draws first for these slices, seed and top-map sampling,
+    before its background check redraws any (the check is what this script measures)."""
     top_prior = run.require_top_prior()
     condition = slice_conditions(len(slices), top_prior, slices)
     return sample_codes(
@@ -99,6 +71,9 @@ def tissue_without_outliers(run: Any, background: Background, args: argparse.Nam
             f"{listing}: not found (--samples takes a folder that `brainvq evaluate-samples --run` wrote)"
         )
     record = json.loads(listing.read_text())
+    if record.get("background_check"):
+        raise SystemExit(f"{listing}: drawn with the background check, so no sample is flagged (draw with "
+                         "`--no-background-check` to compare)")  # fmt: skip
     slices = [int(s) for s in record["slices"]]
     top = draw_top_maps(run, slices, record["seed"], record["top_map_top_p"], record["top_map_temperature"])
     flagged = background.flagged(top)
@@ -128,14 +103,15 @@ def main() -> None:
     parser.add_argument("--samples", help="a folder written by `brainvq evaluate-samples --run`")
     parser.add_argument("--judge")
     parser.add_argument("--data")
-    parser.add_argument("--split", default="validate")
+    parser.add_argument("--split", default="validate", help="the real split that scores the tissue error")
+    parser.add_argument("--reference", default="train", help="the encoded split whose top maps set the ring")
     args = parser.parse_args()
     run = load_run(args.run, "cpu")
     if run.levels != 2:
         raise SystemExit(f"{args.run}: not a two-level run (model.levels is 1)")
-    codes = CodeMaps.load(run.root.root / "codes" / f"{args.split}.pt")  # the real top maps of the split
+    codes = CodeMaps.load(run.root.code_file(args.reference))  # the real top maps the ring is judged by
     assert codes.top_indices is not None
-    background = Background.of(codes.top_indices.long(), args.ring, args.margin)  # real top maps (N, h/t, w/t)
+    background = Background.of(codes.top_indices, args.ring, args.margin)  # real top maps (N, h/t, w/t)
     if args.samples:
         if not (args.judge and args.data):
             raise SystemExit("--samples needs --judge and --data")

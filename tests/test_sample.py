@@ -267,11 +267,14 @@ def test_resolve_sampling_gives_the_top_map_its_own_settings_or_the_bottoms() ->
 
     plain = SampleConfig()
     assert resolve_sampling(plain, 1) == Sampling(1.0, 1.0, None, None)
-    assert resolve_sampling(plain, 2, top_p=0.9) == Sampling(1.0, 0.9, 1.0, 0.9)  # the top map follows
-    assert resolve_sampling(plain, 2, top_p=0.9, top_map_top_p=1.0) == Sampling(1.0, 0.9, 1.0, 1.0)
-    preset = SampleConfig(top_p=0.9, top_map_top_p=1.0, top_map_temperature=0.8)
-    assert resolve_sampling(preset, 2) == Sampling(1.0, 0.9, 0.8, 1.0)
-    assert resolve_sampling(preset, 2, top_p=0.5, top_map_top_p=0.7) == Sampling(1.0, 0.5, 0.8, 0.7)
+    assert resolve_sampling(plain, 2, top_p=0.9) == Sampling(1.0, 0.9, 1.0, 0.9, True)  # the top map follows
+    assert resolve_sampling(plain, 2, top_p=0.9, top_map_top_p=1.0) == Sampling(1.0, 0.9, 1.0, 1.0, True)
+    preset = SampleConfig(top_p=0.9, top_map_top_p=1.0, top_map_temperature=0.8, top_map_background_check=False)
+    assert resolve_sampling(preset, 2) == Sampling(1.0, 0.9, 0.8, 1.0, False)
+    assert resolve_sampling(preset, 2, top_p=0.5, top_map_top_p=0.7, background_check=True) == Sampling(
+        1.0, 0.5, 0.8, 0.7, True
+    )
+    assert resolve_sampling(plain, 2, background_check=False).background_check is False
     assert resolve_sampling(preset, 1) == Sampling(1.0, 0.9, None, None)  # the config's top-map keys: ignored
     for bad, message in (
         ({"top_map_top_p": 0.0}, "top_map_top_p must be in (0, 1]"),
@@ -280,12 +283,16 @@ def test_resolve_sampling_gives_the_top_map_its_own_settings_or_the_bottoms() ->
     ):
         with pytest.raises(RunError, match=message.replace("(", r"\(").replace("]", r"\]")):
             resolve_sampling(plain, 2, **bad)
-    with pytest.raises(RunError, match="need a two-level run"):
-        resolve_sampling(plain, 1, top_map_top_p=0.9)
+    for two_level_only in ({"top_map_top_p": 0.9}, {"background_check": False}):
+        with pytest.raises(RunError, match="need a two-level run"):
+            resolve_sampling(plain, 1, **two_level_only)
     # file names and titles mark the top map only where it differs from the bottom
     assert sampling_suffix(Sampling(1.0, 1.0, 1.0, 1.0)) == "" == sampling_suffix(Sampling(1.0, 1.0))
     assert sampling_suffix(Sampling(0.8, 0.9, 0.8, 0.9)) == "_T0.8_p0.9"
     assert sampling_suffix(Sampling(1.0, 0.9, 0.7, 1.0)) == "_p0.9_topT0.7_topp1"
     assert realism_suffix(1, Sampling(1.0, 0.9, 1.0, 1.0)) == "_seed1_p0.9_topp1"
+    assert sampling_suffix(Sampling(1.0, 1.0, 1.0, 1.0, True)) == ""  # the check is the default ...
+    assert sampling_suffix(Sampling(1.0, 0.9, 1.0, 1.0, False)) == "_p0.9_topp1_nocheck"  # ... its absence marked
+    assert describe_sampling(Sampling(1.0, 1.0, 1.0, 1.0, False)) == "T=1; top map no background check"
     assert describe_sampling(Sampling(1.0, 0.9, 1.0, 1.0)) == "T=1, top-p 0.9; top map top-p 1"
     assert describe_sampling(Sampling(0.8, 1.0)) == "T=0.8"

@@ -103,8 +103,10 @@ def test_the_top_map_has_its_own_sampling_settings(two_level_run: Path, tmp_path
     levels sampled by hand with those settings, from one generator; unset, the top map follows the
     bottom's; on the command line they are recorded, and a one-level run refuses them."""
     run = brainvq.load_run(two_level_run, device="cpu")
-    split = brainvq.sample(run, 3, seed=3, top_p=0.3, top_map_temperature=0.7, top_map_top_p=1.0)
-    assert split.sampling == Sampling(temperature=1.0, top_p=0.3, top_map_temperature=0.7, top_map_top_p=1.0)
+    split = brainvq.sample(
+        run, 3, seed=3, top_p=0.3, top_map_temperature=0.7, top_map_top_p=1.0, background_check=False
+    )  # the plain draw by hand below has no background check
+    assert split.sampling == Sampling(1.0, 0.3, top_map_temperature=0.7, top_map_top_p=1.0, background_check=False)
     generator = torch.Generator().manual_seed(3)
     condition = slice_conditions(3, run.prior, None)
     top = sample_codes(run.top_prior, 3, run.top_code_shape, condition=slice_conditions(3, run.top_prior, None),
@@ -112,9 +114,11 @@ def test_the_top_map_has_its_own_sampling_settings(two_level_run: Path, tmp_path
     bottom = sample_codes(run.prior, 3, run.code_shape, condition=condition, context=top, generator=generator,
                           temperature=1.0, top_p=0.3)  # fmt: skip
     assert split.top_codes is not None and torch.equal(split.top_codes, top) and torch.equal(split.codes, bottom)
-    follows = brainvq.sample(run, 3, seed=3, top_p=0.3)
+    follows = brainvq.sample(run, 3, seed=3, top_p=0.3, background_check=False)
     assert (follows.sampling.top_map_temperature, follows.sampling.top_map_top_p) == (1.0, 0.3)
-    same = brainvq.sample(run, 3, seed=3, top_p=0.3, top_map_top_p=0.3, top_map_temperature=1.0)
+    same = brainvq.sample(
+        run, 3, seed=3, top_p=0.3, top_map_top_p=0.3, top_map_temperature=1.0, background_check=False
+    )
     assert same.top_codes is not None and follows.top_codes is not None
     assert torch.equal(same.top_codes, follows.top_codes) and torch.equal(same.codes, follows.codes)
     assert not torch.equal(split.top_codes, follows.top_codes)  # the settings reach the top map
@@ -127,6 +131,33 @@ def test_the_top_map_has_its_own_sampling_settings(two_level_run: Path, tmp_path
     assert (
         bad.returncode == 2 and "top_map_top_p must be in (0, 1]" in bad.stderr and "Traceback" not in bad.stderr
     )
+
+
+def test_the_background_check_redraws_only_flagged_maps_and_is_recorded(
+    two_level_run: Path, tmp_path: Path
+) -> None:
+    """Through the CLI: with the check (the default) and without it, the same seed gives the same
+    slices but for the redrawn ones; both records say what was done; a run whose encoded training
+    split is gone samples without the check and says so."""
+    drawn = {}
+    for name, flags in (("checked", []), ("plain", ["--no-background-check"])):
+        out = tmp_path / name
+        result = cli("sample", "--run", str(two_level_run), "--n", "6", "--seed", "2", "--out", str(out), *flags)
+        assert result.returncode == 0, result.stderr[-2000:]
+        drawn[name] = json.loads((out / "samples.json").read_text())
+        drawn[name]["pixels"] = [Path(p).read_bytes() for p in drawn[name]["images"]]
+    checked, plain = drawn["checked"], drawn["plain"]
+    assert checked["background_check"] is True and plain["background_check"] is False
+    assert plain["redrawn_top_maps"] == 0 and checked["unresolved_top_maps"] <= checked["redrawn_top_maps"] <= 6
+    differ = sum(a != b for a, b in zip(checked["pixels"], plain["pixels"], strict=True))
+    assert differ <= checked["redrawn_top_maps"]  # only redrawn maps change their slices
+    bare = tmp_path / "bare"
+    shutil.copytree(two_level_run, bare)
+    (bare / "codes" / "train.pt").unlink()
+    result = cli("sample", "--run", str(bare), "--n", "2", "--out", str(tmp_path / "bare_samples"))
+    assert result.returncode == 0 and "no background check of the top maps" in result.stderr
+    assert "code maps not found" in result.stderr
+    assert json.loads((tmp_path / "bare_samples" / "samples.json").read_text())["background_check"] is False
 
 
 def test_score_anomaly_and_complete_on_a_two_level_run(

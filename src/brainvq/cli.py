@@ -236,6 +236,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         top_map_temperature=args.top_map_temperature,
         top_map_top_p=args.top_map_top_p,
+        background_check=args.background_check,
         slice_index=args.slice,
         batch_size=args.batch_size,
         sampler=args.sampler,
@@ -245,11 +246,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         record=args.out is None,  # a draw into another folder keeps the run's own record (metrics/sampling.json)
     )
     if args.json:
-        print(json.dumps({k: result[k] for k in ("n", "seconds", "images", "grid", "sampler")}, indent=2))
+        keys = ("n", "seconds", "images", "grid", "sampler", "redrawn_top_maps", "unresolved_top_maps")
+        print(json.dumps({k: result[k] for k in keys}, indent=2))
     else:
         print(
             f"{result['n']} slices in {result['seconds']:.1f} s ({result['sampler']} sampler) -> {result['grid']}"
         )
+        if result["redrawn_top_maps"]:
+            print(f"{result['redrawn_top_maps']} top maps with no background drawn again")
     return 0
 
 
@@ -336,9 +340,11 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
         raise BrainVQError("give exactly one of --samples DIR or --run RUN (with --n N)")
     judge = load_judge(args.judge, args.device)
     loaded, out, suffix = None, args.out, ""
-    given = (args.temperature, args.top_p, args.top_map_temperature, args.top_map_top_p)
+    given = (args.temperature, args.top_p, args.top_map_temperature, args.top_map_top_p, args.background_check)
     if any(v is not None for v in given) and args.run is None:
-        raise BrainVQError("the sampling flags (--temperature, --top-p, --top-map-*) need --run")
+        raise BrainVQError(
+            "the sampling flags (--temperature, --top-p, --top-map-*, --no-background-check) need --run"
+        )
     if args.run is not None:
         loaded = load_run(args.run, args.device)
         sampling = resolve_sampling(loaded.config.sample, loaded.levels, *given)
@@ -377,6 +383,8 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     )
     if loaded is not None:
         result.update(sampling._asdict())
+        drawn = json.loads((folder / "samples.json").read_text())
+        result.update({key: drawn.get(key) for key in ("redrawn_top_maps", "unresolved_top_maps")})
     if out:
         from brainvq.files import atomic_write_json
 
@@ -405,6 +413,9 @@ def _print_realism(result: dict[str, Any]) -> None:
     for name, values in rows.items():
         cells = "".join(_cell(values.get(k)) for k in keys)
         print(f"{name:16s}{cells}")
+    if result.get("redrawn_top_maps"):
+        print(f"{result['redrawn_top_maps']} top maps with no background drawn again "
+              f"({result['unresolved_top_maps']} still without after the last round)")  # fmt: skip
     print(f"judge {result['judge_hash']}; {result['note']}")
 
 
@@ -526,6 +537,14 @@ def _add_top_map_args(parser: argparse.ArgumentParser) -> None:
         "--top-map-top-p",
         type=float,
         help="two levels: the top map's nucleus (default: sample.top_map_top_p, else --top-p)",
+    )
+    parser.add_argument(
+        "--no-background-check",
+        dest="background_check",
+        action="store_const",
+        const=False,
+        help="two levels: keep top maps with no background around the head (default: draw them again, "
+        "unless sample.top_map_background_check is false)",
     )
 
 

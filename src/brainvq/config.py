@@ -191,7 +191,8 @@ class SampleConfig:
     """Ancestral sampling from the prior: ``temperature`` divides the logits, ``top_p`` below 1 draws
     each code from its nucleus only (Holtzman et al. 2020; :func:`brainvq.sample.nucleus`). In a
     two-level run these set the bottom map; ``top_map_temperature`` and ``top_map_top_p`` set the
-    top map, and follow ``temperature`` and ``top_p`` when None."""
+    top map, and follow ``temperature`` and ``top_p`` when None. ``top_map_background_check`` draws
+    again the top maps that have no background around the head (:mod:`brainvq.background`)."""
 
     n: int = 16
     batch_size: int = 16
@@ -199,6 +200,7 @@ class SampleConfig:
     top_p: float = 1.0
     top_map_temperature: float | None = None
     top_map_top_p: float | None = None
+    top_map_background_check: bool = True
     sampler: str = "fast"
     seed: int = 0
 

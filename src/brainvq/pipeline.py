@@ -188,6 +188,7 @@ def sample_run(
     top_p: float | None = None,
     top_map_temperature: float | None = None,
     top_map_top_p: float | None = None,
+    background_check: bool | None = None,
     slice_index: int | list[int] | None = None,
     batch_size: int = 16,
     sampler: str = "fast",
@@ -198,8 +199,8 @@ def sample_run(
 ) -> dict[str, Any]:
     """Generate ``n`` slices; write them as PNGs plus ``grid.png`` and ``samples.json`` (with the
     hashes of the checkpoints that made them) under ``out`` (default RUN/samples). ``temperature``,
-    ``top_p`` and the top map's two (two levels) default to the run's ``sample`` config
-    (:func:`brainvq.sample.resolve_sampling`). ``record`` also makes this the run's sampling
+    ``top_p`` and the top map's two and ``background_check`` (two levels) default to the run's
+    ``sample`` config (:func:`brainvq.sample.resolve_sampling`). ``record`` also makes this the run's sampling
     record (``RUN/metrics/sampling.json``, which the report shows)."""
     device_ = resolve_device(device)
     loaded = load_run(run_root, device_)
@@ -212,6 +213,7 @@ def sample_run(
         top_p=top_p,
         top_map_temperature=top_map_temperature,
         top_map_top_p=top_map_top_p,
+        background_check=background_check,
         slice_index=slice_index,
         batch_size=batch_size,
         sampler=sampler,
@@ -239,7 +241,9 @@ def sample_run(
         "seconds_per_image": result.seconds / n,
         "sampler": sampler,
         "seed": seed,
-        **result.sampling._asdict(),  # temperature, top_p, top_map_temperature, top_map_top_p
+        **result.sampling._asdict(),  # temperature, top_p, top_map_temperature, top_map_top_p, background_check
+        "redrawn_top_maps": result.redrawn_top_maps,
+        "unresolved_top_maps": result.unresolved_top_maps,
         "batch_size": batch_size,
         "slices": result.slices,
         "device": str(device_),
@@ -260,12 +264,13 @@ def sample_run(
 def sampling_suffix(sampling: Sampling) -> str:
     """How file names of realism samples and scores mark a temperature other than 1 (``_T0.8``), a
     nucleus below 1 (``_p0.9``), and top-map settings that differ from the bottom's (``_topT1``,
-    ``_topp1``)."""
-    temperature, top_p, top_temperature, top_top_p = sampling
+    ``_topp1``), then ``_nocheck`` when top maps with no background were kept."""
+    temperature, top_p, top_temperature, top_top_p, background_check = sampling
     temperature_differs, top_p_differs = sampling.top_map_differs()
     suffix = ("" if temperature == 1.0 else f"_T{temperature:g}") + ("" if top_p == 1.0 else f"_p{top_p:g}")
     suffix += f"_topT{top_temperature:g}" if temperature_differs else ""
-    return suffix + (f"_topp{top_top_p:g}" if top_p_differs else "")
+    suffix += f"_topp{top_top_p:g}" if top_p_differs else ""
+    return suffix + ("_nocheck" if background_check is False else "")
 
 
 def realism_suffix(seed: int, sampling: Sampling) -> str:
@@ -308,6 +313,7 @@ def draw_for_realism(
     drawn.setdefault("top_p", 1.0)  # folders drawn before top_p existed used the full distribution
     for level in ("temperature", "top_p"):  # and before the top map had its own, it followed the bottom's
         drawn.setdefault(f"top_map_{level}", drawn.get(level) if loaded.levels == 2 else None)
+    drawn.setdefault("background_check", False if loaded.levels == 2 else None)  # and kept every top map
     if any(drawn.get(key) != value for key, value in wanted.items()):
         sample_run(loaded.root.root, n, seed=seed, **sampling._asdict(), slice_index=slices,
                    out=folder, device=device, progress=progress, record=False)  # fmt: skip

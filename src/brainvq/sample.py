@@ -15,7 +15,9 @@ Two samplers draw the same maps for the same model, seed and temperature:
 The transformer prior (the top map of a two-level run) is sampled with a key/value cache
 (:class:`KVSampler`): each new position attends to the cached keys and values of the positions
 before it, one position of work per code instead of a full pass. For a two-level run the top map is
-drawn first, then the bottom map with the bottom prior conditioned on it, then both are decoded.
+drawn first (a map with no background around the head is drawn again: :func:`draw_top_maps`,
+:mod:`brainvq.background`), then the bottom map with the bottom prior conditioned on it, then both
+are decoded.
 
 Draws use the Gumbel-max trick with noise from a seeded CPU ``torch.Generator``, so both
 samplers consume identical random numbers and a draw only changes if float rounding moves the
@@ -32,6 +34,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
+from brainvq.background import Background, run_background
 from brainvq.codes import decode_levels, slice_condition
 from brainvq.config import SampleConfig, sampling_problem
 from brainvq.devices import resolve_device
@@ -42,13 +45,15 @@ from brainvq.models.transformer import TransformerPrior
 
 class Sampling(NamedTuple):
     """How codes are drawn: ``temperature`` and ``top_p`` for the bottom (or only) map, and
-    ``top_map_temperature`` and ``top_map_top_p`` for the top map of a two-level run (None for one
-    level)."""
+    ``top_map_temperature`` and ``top_map_top_p`` for the top map of a two-level run, and
+    ``background_check``: whether top maps with no background are drawn again
+    (:mod:`brainvq.background`). The last three are None for one level."""
 
     temperature: float
     top_p: float
     top_map_temperature: float | None = None
     top_map_top_p: float | None = None
+    background_check: bool | None = None
 
     def top_map_differs(self) -> tuple[bool, bool]:
         """Whether the top map's temperature and nucleus differ from the bottom map's (never for one
@@ -74,6 +79,8 @@ class SampleResult:
     sampling: Sampling  # the settings these samples were drawn with
     paths: list[str] = field(default_factory=list)
     top_codes: torch.Tensor | None = None  # (N, h/t, w/t) int64, two-level runs only
+    redrawn_top_maps: int = 0  # top maps drawn again (at least once) for want of background (brainvq.background)
+    unresolved_top_maps: int = 0  # still without background after MAX_REDRAWS rounds (kept)
 
 
 def describe_sampling(sampling: Sampling) -> str:
@@ -83,6 +90,7 @@ def describe_sampling(sampling: Sampling) -> str:
     temperature_differs, top_p_differs = sampling.top_map_differs()
     top = [f"T={sampling.top_map_temperature:g}"] if temperature_differs else []
     top += [f"top-p {sampling.top_map_top_p:g}"] if top_p_differs else []
+    top += ["no background check"] if sampling.background_check is False else []
     return text + (f"; top map {', '.join(top)}" if top else "")
 
 
@@ -93,10 +101,12 @@ def resolve_sampling(
     top_p: float | None = None,
     top_map_temperature: float | None = None,
     top_map_top_p: float | None = None,
+    background_check: bool | None = None,
 ) -> Sampling:
     """The settings a draw uses: each given value, else the run's ``sample`` config. The top map's follow the bottom's unless set: given, or
-    ``sample.top_map_temperature`` / ``sample.top_map_top_p`` in the config (ignored for one level,
-    where giving them is an error). Checks the ranges."""
+    ``sample.top_map_temperature`` / ``sample.top_map_top_p`` in the config; ``background_check``
+    defaults to ``sample.top_map_background_check``. All three are ignored in the config of a one-level
+    run, and giving them for one is an error. Checks the ranges."""
     temperature = config.temperature if temperature is None else temperature
     top_p = config.top_p if top_p is None else top_p
     if levels == 2:
@@ -104,10 +114,15 @@ def resolve_sampling(
             v for v in (top_map_temperature, config.top_map_temperature, temperature) if v is not None
         )
         top_map_top_p = next(v for v in (top_map_top_p, config.top_map_top_p, top_p) if v is not None)
-    elif top_map_temperature is not None or top_map_top_p is not None:
-        raise RunError("top_map_temperature and top_map_top_p need a two-level run (model.levels 2)")
-    sampling = Sampling(temperature, top_p, top_map_temperature, top_map_top_p)
+        background_check = config.top_map_background_check if background_check is None else background_check
+    elif any(v is not None for v in (top_map_temperature, top_map_top_p, background_check)):
+        raise RunError(
+            "top_map_temperature, top_map_top_p and the background check need a two-level run (model.levels 2)"
+        )
+    sampling = Sampling(temperature, top_p, top_map_temperature, top_map_top_p, background_check)
     for name, value in sampling._asdict().items():
+        if name == "background_check":
+            continue
         problem = sampling_problem(name, value)
         if problem:
             raise RunError(f"{name} {problem}")
@@ -415,6 +430,52 @@ def resample_codes(
     return torch.cat(out)
 
 
+MAX_REDRAWS = 10  # rounds of redrawing top maps with no background before keeping them
+REDRAW_STREAM = 0x1E3779B97F4A7C15  # offsets the redraws' seed from the draw's: a stream of their own
+
+
+class TopMaps(NamedTuple):
+    """The top maps of a two-level draw, and how many were drawn again for want of background."""
+
+    codes: torch.Tensor  # (N, h/t, w/t) int64
+    redrawn: int  # maps drawn again at least once
+    unresolved: int  # still flagged after MAX_REDRAWS rounds (kept as drawn last)
+
+
+@torch.no_grad()
+def draw_top_maps(
+    top_prior: Prior,
+    num_samples: int,
+    shape: tuple[int, int],
+    background: Background | None,
+    *,
+    generator: torch.Generator,
+    condition: torch.Tensor | None = None,
+    **options: Any,
+) -> TopMaps:
+    """Draw ``num_samples`` top maps; with a ``background`` reference, draw the maps it flags again
+    (each keeps its slice condition), round after round, until none is flagged or ``MAX_REDRAWS``
+    rounds have passed. ``options`` go to :func:`sample_codes` (temperature, top_p, sampler, ...).
+
+    The redraws take their noise from a generator of their own, seeded from ``generator``'s seed, so
+    ``generator`` (which the bottom maps use next) runs on as without the check: the check changes the
+    flagged samples and nothing else, and a seed still gives the same maps."""
+    codes = sample_codes(top_prior, num_samples, shape, generator=generator, condition=condition, **options)
+    if background is None:
+        return TopMaps(codes, 0, 0)
+    redraws = torch.Generator().manual_seed((generator.initial_seed() + REDRAW_STREAM) % 2**63)
+    options["generator"] = redraws
+    flagged = torch.nonzero(background.flagged(codes)).flatten()
+    redrawn = len(flagged)
+    for _ in range(MAX_REDRAWS):
+        if len(flagged) == 0:
+            break
+        again = condition[flagged] if condition is not None else None
+        codes[flagged] = sample_codes(top_prior, len(flagged), shape, condition=again, **options)
+        flagged = flagged[background.flagged(codes[flagged])]
+    return TopMaps(codes, redrawn, len(flagged))
+
+
 SliceRequest = int | list[int] | torch.Tensor | None
 
 
@@ -462,6 +523,7 @@ def sample(
     top_p: float | None = None,
     top_map_temperature: float | None = None,
     top_map_top_p: float | None = None,
+    background_check: bool | None = None,
     slice_index: SliceRequest = None,
     batch_size: int = 16,
     sampler: str = "fast",
@@ -474,31 +536,35 @@ def sample(
     the run's ``sample.temperature``; ``top_p`` (below 1: draw each code from its :func:`nucleus`
     only) to the run's ``sample.top_p``. In a two-level run they set the bottom map, and the top map
     follows them unless ``top_map_temperature`` / ``top_map_top_p`` (or the run's
-    ``sample.top_map_*``) say otherwise (:func:`resolve_sampling`). ``device`` defaults to the device
-    the run was loaded on (a GPU when one was visible)."""
+    ``sample.top_map_*``) say otherwise (:func:`resolve_sampling`). Top maps with no background are
+    drawn again unless ``background_check`` (default ``sample.top_map_background_check``) is False
+    (:mod:`brainvq.background`). ``device`` defaults to the device the run was loaded on (a GPU when
+    one was visible)."""
     prior = run.require_prior()
     device = resolve_device(device) if device is not None else run.device
     prior, vqvae = prior.to(device).eval(), run.vqvae.to(device).eval()
     two_levels = getattr(vqvae, "num_levels", 1) == 2
     how = resolve_sampling(
-        run.config.sample, 2 if two_levels else 1, temperature, top_p, top_map_temperature, top_map_top_p
-    )
+        run.config.sample, 2 if two_levels else 1, temperature, top_p, top_map_temperature, top_map_top_p,
+        background_check,
+    )  # fmt: skip
     top_prior = run.require_top_prior().to(device).eval() if two_levels else None
     condition, top_condition = _level_conditions(num_samples, prior, top_prior, slice_index)
     generator = torch.Generator().manual_seed(seed)
-    options: dict[str, Any] = dict(
-        generator=generator, sampler=sampler, batch_size=batch_size, device=device, progress=progress
-    )
+    options: dict[str, Any] = dict(sampler=sampler, batch_size=batch_size, device=device, progress=progress)
     started = time.perf_counter()
-    top = None
+    top, top_maps = None, TopMaps(torch.empty(0), 0, 0)
     if top_prior is not None:  # the top map first, with global context
         assert how.top_map_temperature is not None and how.top_map_top_p is not None  # set for two levels
-        top = sample_codes(
-            top_prior, num_samples, run.top_code_shape, condition=top_condition,
+        background = run_background(run) if how.background_check else None
+        how = how._replace(background_check=background is not None)  # what was done, for the record
+        top_maps = draw_top_maps(
+            top_prior, num_samples, run.top_code_shape, background, generator=generator, condition=top_condition,
             temperature=how.top_map_temperature, top_p=how.top_map_top_p, **options,
         )  # fmt: skip
+        top = top_maps.codes
     codes = sample_codes(
-        prior, num_samples, run.code_shape, condition=condition, context=top,
+        prior, num_samples, run.code_shape, generator=generator, condition=condition, context=top,
         temperature=how.temperature, top_p=how.top_p, **options,
     )  # fmt: skip
     sampled = time.perf_counter()
@@ -524,4 +590,6 @@ def sample(
         sampler=sampler,
         seed=seed,
         sampling=how,
+        redrawn_top_maps=top_maps.redrawn,
+        unresolved_top_maps=top_maps.unresolved,
     )
