@@ -384,7 +384,8 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     if loaded is not None:
         result.update(sampling._asdict())
         drawn = json.loads((folder / "samples.json").read_text())
-        result.update({key: drawn.get(key) for key in ("redrawn_top_maps", "unresolved_top_maps")})
+        done = ("background_check", "redrawn_top_maps", "unresolved_top_maps")  # what the draw did
+        result.update({key: drawn.get(key) for key in done})
     if out:
         from brainvq.files import atomic_write_json
 
