@@ -33,18 +33,20 @@ from brainvq.background import Background
 from brainvq.codes import CodeMaps
 from brainvq.realism import matching_slices
 from brainvq.runs import load_run
-from brainvq.sample import sample_codes, slice_conditions
+from brainvq.sample import draw_top_maps, slice_conditions
 
 
-def draw_top_maps(run: Any, slices: list[int], seed: int, top_p: float, temperature: float = 1.0) -> torch.Tensor:
+def unchecked_top_maps(
+    run: Any, slices: list[int], seed: int, top_p: float, temperature: float = 1.0
+) -> torch.Tensor:
     """The top maps ``brainvq.sample`` draws first for these slices, seed and top-map sampling,
     before its background check redraws any (the check is what this script measures)."""
     top_prior = run.require_top_prior()
     condition = slice_conditions(len(slices), top_prior, slices)
-    return sample_codes(
-        top_prior, len(slices), run.top_code_shape, generator=seed, top_p=top_p, temperature=temperature,
-        condition=condition, batch_size=16,
-    )  # fmt: skip
+    return draw_top_maps(
+        top_prior, len(slices), run.top_code_shape, None, generator=torch.Generator().manual_seed(seed),
+        condition=condition, top_p=top_p, temperature=temperature, batch_size=16,
+    ).codes  # fmt: skip
 
 
 def count_outliers(
@@ -54,7 +56,9 @@ def count_outliers(
     drawn = {}
     for top_p in args.top_map_top_p:
         for seed in args.seeds:
-            flagged = torch.nonzero(background.flagged(draw_top_maps(run, slices, seed, top_p))).flatten().tolist()
+            flagged = (
+                torch.nonzero(background.flagged(unchecked_top_maps(run, slices, seed, top_p))).flatten().tolist()
+            )
             drawn[f"top_p {top_p}, seed {seed}"] = {"flagged": len(flagged), "of": args.n, "which": flagged}
     share = background.real_share
     return {"real_min": float(share.min()), "real_median": float(share.median()), "limit": background.limit,
@@ -75,7 +79,7 @@ def tissue_without_outliers(run: Any, background: Background, args: argparse.Nam
         raise SystemExit(f"{listing}: drawn with the background check, so no sample is flagged (draw with "
                          "`--no-background-check` to compare)")  # fmt: skip
     slices = [int(s) for s in record["slices"]]
-    top = draw_top_maps(run, slices, record["seed"], record["top_map_top_p"], record["top_map_temperature"])
+    top = unchecked_top_maps(run, slices, record["seed"], record["top_map_top_p"], record["top_map_temperature"])
     flagged = background.flagged(top)
     judge = load_judge(args.judge, "cpu")
     reference = build_reference(judge, args.data, args.split, args.data, Path(args.judge) / "cache")[0]
@@ -98,7 +102,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--top-map-top-p", type=float, nargs="+", default=[1.0, 0.95, 0.9])
-    parser.add_argument("--ring", type=int, default=3, help="ring width in top-map cells")
+    parser.add_argument("--ring", type=int, help="ring width in top-map cells (default: as sampling checks it)")
     parser.add_argument("--margin", type=float, default=0.05)
     parser.add_argument("--samples", help="a folder written by `brainvq evaluate-samples --run`")
     parser.add_argument("--judge")

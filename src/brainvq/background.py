@@ -17,6 +17,8 @@ prior learned from, never the split that scores the samples.
 from __future__ import annotations
 
 import warnings
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -71,13 +73,22 @@ class Background(NamedTuple):
 def run_background(run: Any) -> Background | None:
     """The reference of a loaded two-level run (:func:`brainvq.load_run`), from its encoded training
     split; None, with a warning, when that file is missing or was made by another VQ-VAE checkpoint
-    (then nothing is redrawn)."""
+    (then nothing is redrawn). Kept in memory while the file is unchanged, so repeated draws from
+    one run read it once."""
     path = run.root.code_file(run.config.data.train_split)
     try:
-        codes = CodeMaps.load(path).check_made_by(run.vqvae_hash, path)
+        reference = _training_reference(path, run.vqvae_hash, path.stat().st_mtime_ns if path.is_file() else None)
     except RunError as error:
         warnings.warn(f"no background check of the top maps: {error}", stacklevel=2)
         return None
-    if codes.top_indices is None:
+    if reference is None:
         raise RunError(f"{path}: holds no top maps, but the run has two levels (run `brainvq encode --force`)")
-    return Background.of(codes.top_indices)
+    return reference
+
+
+@lru_cache(maxsize=2)
+def _training_reference(path: Path, vqvae_hash: str, modified: int | None) -> Background | None:
+    """:func:`run_background`'s reference (None: the file has no top maps); ``modified`` (the
+    file's mtime) keys the cache only."""
+    codes = CodeMaps.load(path).check_made_by(vqvae_hash, path)
+    return Background.of(codes.top_indices) if codes.top_indices is not None else None
