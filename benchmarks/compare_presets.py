@@ -34,6 +34,7 @@ import json
 import subprocess
 import sys
 import time
+from math import sqrt
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -154,7 +155,10 @@ def targets(
             better = new[k] > base[k]
         else:  # diversity: nearer the real value
             better = abs(new[k] - floor[k]) < abs(base[k] - floor[k])
-        print(f"  {'ok ' if better else 'NO '} {k}: {new[k]:.4g} against {base[k]:.4g} (real {floor[k]:.4g})")
+        noise = diversity_noise(rows[new_name], rows[base_name], floor) if k == "ms_ssim_diversity" else ""
+        print(
+            f"  {'ok ' if better else 'NO '} {k}: {new[k]:.4g} against {base[k]:.4g} (real {floor[k]:.4g}){noise}"
+        )
     for k in ("fd_judge", "tissue_error"):
         closed = {
             name: gap_closed(base[k], new[k], f[k]) for name, f in (("whole", floor), ("same_n", same_n)) if f
@@ -172,6 +176,18 @@ def targets(
     seconds = sampling_seconds[new_name]
     if seconds is not None:
         print(f"  {'ok ' if seconds <= 30 else 'NO '} 16 slices in {seconds:.1f} s (target 30 s)")
+
+
+def diversity_noise(new: list[dict[str, Any]], base: list[dict[str, Any]], real: dict[str, Any]) -> str:
+    """The standard errors of the three diversity scores (each over its random pairs), when the files
+    have them (``ms_ssim_diversity_se``, written since scores use 1,000 pairs)."""
+    if not all("ms_ssim_diversity_se" in r for r in (*new, *base, real)):
+        return ""
+
+    def error(found: list[dict[str, Any]]) -> float:  # of the mean over the seeds
+        return sqrt(sum(r["ms_ssim_diversity_se"] ** 2 for r in found)) / len(found)
+
+    return f"; standard errors {error(new):.4f}, {error(base):.4f} and {real['ms_ssim_diversity_se']:.4f}"
 
 
 def gap_closed(base: float, new: float, floor: float) -> float:

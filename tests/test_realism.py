@@ -75,8 +75,13 @@ def test_tissue_error_and_diversity_known_answers() -> None:
     assert tissue_error(table, table) == 0.0
     assert tissue_error(table, table + 0.1) == pytest.approx(0.1)
     same = ImageSet("same", torch.full((10, 1, 32, 32), 128, dtype=torch.uint8))
-    value, measure = diversity(same)
-    assert measure == "ssim" and value == pytest.approx(1.0, abs=1e-4)
+    result = diversity(same)
+    assert result.measure == "ssim" and result.mean == pytest.approx(1.0, abs=1e-4)
+    assert result.standard_error == pytest.approx(0.0, abs=1e-6)  # every pair scores the same
+    mixed = ImageSet("mixed", torch.randint(0, 256, (10, 1, 32, 32), dtype=torch.uint8))
+    mixed.pixels[:5] = 128  # pairs of two flat images score 1, the rest far less: a spread of scores
+    spread = diversity(mixed, pairs=120)
+    assert 0.0 < spread.mean < 1.0 and 0.0 < spread.standard_error < 0.1
 
 
 def test_draw_like_takes_the_wanted_slices_and_repeats_none_before_the_pool_is_used_up() -> None:
@@ -162,6 +167,7 @@ def test_train_copies_are_memorised_fresh_subjects_are_not_and_blur_scores_worse
     keys = {"n", "fd_judge", "kid_judge", "precision", "recall", "tissue_error", "slice_error", "ms_ssim_diversity",
             "memorised_fraction"}  # fmt: skip
     assert keys <= set(fresh) and keys <= set(fresh["reference"]["real"])
+    assert 0.0 < fresh["ms_ssim_diversity_se"] < 0.05 and fresh["reference"]["real"]["ms_ssim_diversity_se"] > 0.0
     same_n = fresh["reference"]["real_same_n"]  # the floor drawn at the samples' size and slice mix
     assert keys <= set(same_n) and same_n["n"] == fresh["n"] and same_n["draws"] == 20
     assert fresh["judge_hash"] == copies_scores["judge_hash"] and "not comparable to FID" in fresh["note"]

@@ -11,7 +11,8 @@ all measured with brainvq's own judge (see :mod:`brainvq.judge`), never with Inc
 * ``tissue_error``: the judge segments every image; the mean absolute difference between the
   samples' and the real slices' CSF/GM/WM fractions, per slice index, averaged over slices and tissues;
 * ``slice_error``: for samples drawn for a requested slice, the judge's mean |predicted - requested|;
-* ``ms_ssim_diversity``: mean MS-SSIM (Wang et al. 2003) of random pairs of samples (lower = more varied);
+* ``ms_ssim_diversity``: mean MS-SSIM (Wang et al. 2003) of 1,000 random pairs of samples (lower =
+  more varied), with its standard error over the pairs (``ms_ssim_diversity_se``);
 * ``memorised_fraction``: each sample's nearest training image (judge features pre-filter, then
   SSIM on pixels); the fraction whose nearest-neighbour SSIM exceeds the 99th percentile of the same
   statistic for the real held-out slices.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +52,7 @@ from brainvq.judge import LoadedJudge, judge_images, score_dataset, tissue_fract
 from brainvq.metrics import ms_ssim_per_image, ms_ssim_supported, ssim_per_image
 
 NEIGHBOUR_CANDIDATES = 8
-DIVERSITY_PAIRS = 300
+DIVERSITY_PAIRS = 1000
 FLOOR_DRAWS = 20
 KNN = 3
 NOTE = "fd_judge/kid_judge are computed in the brainvq judge's features, not Inception's: not comparable to FID"
@@ -199,21 +201,33 @@ def tissue_error(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float((fake[both] - real[both]).abs().mean()) if both.any() else float("nan")
 
 
-def diversity(images: ImageSet, pairs: int = DIVERSITY_PAIRS, seed: int = 0) -> tuple[float, str]:
-    """Mean MS-SSIM of ``pairs`` random distinct pairs (SSIM when images are too small for MS-SSIM)."""
+class Diversity(NamedTuple):
+    """Mean similarity of random pairs of a set's images, and its standard error over the pairs."""
+
+    mean: float
+    standard_error: float
+    measure: str  # "ms_ssim", "ssim" (images too small for MS-SSIM) or "none" (fewer than 2 images)
+
+
+def diversity(images: ImageSet, pairs: int = DIVERSITY_PAIRS, seed: int = 0) -> Diversity:
+    """Mean MS-SSIM of ``pairs`` random distinct pairs (SSIM when images are too small for MS-SSIM).
+    Pairs of different slice indices differ far more than pairs of the same one, so a pair's score
+    spreads widely (a standard deviation of 0.05-0.09 on OASIS): over draws of 300 pairs the mean
+    moved by 0.002-0.005 (standard deviation), as much as the differences between models, and over
+    draws of 1,000 by 0.002-0.003 (``benchmarks/diversity_noise.py``)."""
     n = len(images)
     if n < 2:
-        return float("nan"), "none"
+        return Diversity(float("nan"), float("nan"), "none")
     generator = torch.Generator().manual_seed(seed)
     first = torch.randint(n, (pairs,), generator=generator)
     second = (first + torch.randint(1, n, (pairs,), generator=generator)) % n
     size = tuple(images.pixels.shape[-2:])
     measure, name = (ms_ssim_per_image, "ms_ssim") if ms_ssim_supported(size) else (ssim_per_image, "ssim")  # type: ignore[arg-type]
-    values = [
+    values = torch.cat([
         measure(images.images(first[s : s + 50].tolist()), images.images(second[s : s + 50].tolist()))
         for s in range(0, pairs, 50)
-    ]
-    return float(torch.cat(values).mean()), name
+    ]).double()  # fmt: skip
+    return Diversity(float(values.mean()), float(values.std() / math.sqrt(pairs)), name)
 
 
 def nearest_neighbour_ssim(
@@ -268,7 +282,7 @@ def score_set(
     if images.slices is not None and bool((images.slices >= 0).any()):
         known = images.slices >= 0
         slice_error = float((judged.slice_pred[known] - images.slices[known]).abs().float().mean())
-    spread, measure = diversity(images)
+    spread = diversity(images)
     nn_ssim, nn_index = nearest or nearest_neighbour_ssim(
         images, judged.features, reference.train, reference.train_features
     )
@@ -281,8 +295,9 @@ def score_set(
         "recall": recall,
         "tissue_error": tissue_error(reference.real_table, table),
         "slice_error": slice_error,
-        "ms_ssim_diversity": spread,
-        "diversity_measure": measure,
+        "ms_ssim_diversity": spread.mean,
+        "ms_ssim_diversity_se": spread.standard_error,
+        "diversity_measure": spread.measure,
         "memorised_fraction": float((nn_ssim > reference.threshold).float().mean()),
         "nearest_train_ssim_median": float(nn_ssim.median()),
         "_table": table,
