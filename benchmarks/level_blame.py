@@ -30,7 +30,16 @@ import torch
 from brainvq.codes import decode_levels, encode_levels
 from brainvq.data import load_split
 from brainvq.judge import load_judge
-from brainvq.realism import ImageSet, build_reference, draw_like, evaluate_samples, matching_slices, to_uint8
+from brainvq.realism import (
+    ImageSet,
+    build_reference,
+    draw_like,
+    matching_slices,
+    real_same_n,
+    score_set,
+    tissue_figure,
+    to_uint8,
+)  # fmt: skip
 from brainvq.runs import load_run
 from brainvq.sample import resolve_sampling, sample_codes, slice_conditions
 
@@ -64,7 +73,9 @@ def main() -> None:
     how = resolve_sampling(run.config.sample, 2, args.temperature, args.top_p)
     judge = load_judge(args.judge, device="cpu")
     cache = args.judge / "cache"
-    _, half_a, _, _ = build_reference(judge, args.real, args.split, args.real, cache)
+    reference, half_a, half_a_judged, half_a_nearest = build_reference(
+        judge, args.real, args.split, args.real, cache
+    )
     assert half_a.slices is not None, "the split's file names give no slice indices"
     wanted = torch.tensor(
         matching_slices(load_split(args.real, args.split, in_memory=False).slice_indices(), args.n)
@@ -92,14 +103,12 @@ def main() -> None:
     }
     report = {"run": str(args.run), "seed": args.seed, "n": len(pick), "bottom_temperature": how.temperature,
               "bottom_top_p": how.top_p, "judge_hash": judge.hash}  # fmt: skip
+    floor = real_same_n(reference, half_a, half_a_judged, half_a_nearest[0], slices)  # both sets share it
     for name, images in sets.items():
-        figures = args.figures if name == "real top, drawn bottom" else None
-        scores = evaluate_samples(
-            judge, images, args.real, args.split, train_root=args.real, cache=cache, figures=figures
-        )
-        report[name] = {key: scores[key] for key in SHOWN} | {
-            "real_same_n": scores["reference"]["real_same_n"]["tissue_error"]
-        }
+        scores = score_set(judge, images, reference)  # the reference is built once, above
+        if args.figures is not None and name == "real top, drawn bottom":
+            tissue_figure(reference.real_table, scores["_table"], args.figures / "tissue_fractions.png", name)
+        report[name] = {key: scores[key] for key in SHOWN} | {"real_same_n": floor["tissue_error"]}
         print(name + ": " + ", ".join(f"{k} {scores[k]:.4f}" for k in SHOWN if scores[k] is not None), flush=True)
     print(json.dumps(report))
 
