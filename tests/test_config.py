@@ -180,3 +180,11 @@ def test_retired_keys_in_old_checkpoints_still_load() -> None:
     old["data"]["num_workers"] = 0
     old["fabric"]["compile"] = False
     assert config_from_dict(old) == Config()
+
+
+def test_weight_averaging_is_checked_and_kept_off_the_vqvae() -> None:
+    assert load_config(None, ["prior_train.weight_ema_decay=0.995"]).prior_train.weight_ema_decay == 0.995
+    with pytest.raises(ConfigError, match="top_prior_train.weight_ema_decay': must be in"):
+        load_config(None, ["top_prior_train.weight_ema_decay=1"])
+    with pytest.raises(ConfigError, match="train.weight_ema_decay': the VQ-VAE's codebook"):
+        load_config(None, ["train.weight_ema_decay=0.9"])

@@ -250,3 +250,19 @@ def test_nan_message_never_names_a_missing_checkpoint(
     with pytest.raises(TrainingError, match="No checkpoint was written yet") as error:
         train_vqvae(config, tmp_path / "run", progress=False)
     assert "vqvae-last.ckpt" not in str(error.value)
+
+
+def test_weight_average_is_a_plain_mean_then_an_ema() -> None:
+    from torch.optim.swa_utils import AveragedModel
+
+    from brainvq.engine import warm_ema
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    average = AveragedModel(model, multi_avg_fn=warm_ema(0.8))  # memory: 1 / (1 - 0.8) = 5 steps
+    expected = 0.0
+    for step in range(1, 9):
+        model.weight.data.fill_(float(step))
+        average.update_parameters(model)
+        expected = sum(range(1, step + 1)) / step if step <= 5 else 0.8 * expected + 0.2 * step
+        assert average.module.weight.item() == pytest.approx(expected), step
+    assert expected == pytest.approx(0.8**3 * 3 + 0.2 * (0.8**2 * 6 + 0.8 * 7 + 8))

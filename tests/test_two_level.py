@@ -202,6 +202,30 @@ def test_top_prior_resumes_exactly_without_repeating_flags(two_level_run: Path, 
     )
 
 
+def test_weight_averaging_resumes_exactly_and_is_what_sampling_loads(two_level_run: Path, tmp_path: Path) -> None:
+    """`top_prior_train.weight_ema_decay`: the checkpoint's `model` is the average (validated, loaded by
+    `load_run`), `training_model` the raw weights; a resume continues both to the same state."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for copy in (straight, resumed):
+        shutil.copytree(two_level_run, copy)
+    top_sets = [part for item in TWO_LEVELS if item.startswith("top_") for part in ("--set", item)]
+    average = ["--set", "top_prior_train.weight_ema_decay=0.5", "--set", "top_prior_train.epochs=null"]
+    base = ["train-prior", "--level", "top", "--force", "--quiet", *top_sets, *average]
+    assert cli(*base, "--run", str(straight), "--max-steps", "6").returncode == 0
+    assert cli(*base, "--run", str(resumed), "--max-steps", "3").returncode == 0
+    again = cli("train-prior", "--level", "top", "--run", str(resumed), "--resume", "--max-steps", "6", "--quiet")
+    assert again.returncode == 0, again.stderr[-2000:]
+    first, second = (load_checkpoint(RunDir(run).checkpoint("prior_top", "last")) for run in (straight, resumed))
+    assert first["average_count"] == second["average_count"] == 6
+    for key in ("model", "training_model"):
+        assert [k for k, v in first[key].items() if not torch.equal(v, second[key][k])] == [], key
+    weights = [k for k, v in first["model"].items() if v.is_floating_point() and "mask" not in k]
+    assert any(not torch.equal(first["model"][k], first["training_model"][k]) for k in weights)
+    loaded = brainvq.load_run(straight, device="cpu").require_top_prior().state_dict()
+    best = load_checkpoint(RunDir(straight).checkpoint("prior_top", "best"))
+    assert all(torch.equal(loaded[k].cpu(), best["model"][k]) for k in loaded)
+
+
 def test_a_changed_vqvae_makes_both_priors_stale(two_level_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(two_level_run, run)

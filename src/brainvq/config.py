@@ -136,6 +136,11 @@ class TrainConfig:
 
     Training stops at whichever of ``epochs``, ``max_steps`` and ``max_minutes`` comes first
     (set one to null to disable it). ``recon_loss``: ``mse``, ``l1`` or ``mse+ssim``.
+    ``weight_ema_decay`` (0: off) keeps an exponential moving average of the weights (Polyak & Juditsky
+    1992; as in most image generators since): validation, ``best`` and every later stage use the
+    averaged weights, and a resume continues both; the first 1 / (1 - decay) steps are averaged
+    evenly, so a short run is not held at its first weights. Not for the VQ-VAE, whose codebook is itself
+    an EMA of the encoder's outputs.
     """
 
     batch_size: int = 16
@@ -153,6 +158,7 @@ class TrainConfig:
     validate_every_epochs: int = 1
     val_batch_size: int = 64
     grad_clip: float | None = None
+    weight_ema_decay: float = 0.0
     seed: int = 0
 
 
@@ -235,12 +241,12 @@ class Config:
         )
     )
     top_prior_train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(batch_size=8, lr=5e-4, warmup_steps=50)
-    )
+        default_factory=lambda: TrainConfig(batch_size=8, lr=5e-4, warmup_steps=50, weight_ema_decay=0.995)
+    )  # the average of the weights: samples' tissue error 0.0043 against 0.0053 (README, "Two levels")
     fabric: FabricConfig = field(default_factory=FabricConfig)
     sample: SampleConfig = field(
-        default_factory=lambda: SampleConfig(top_p=0.7, top_map_top_p=1.0)
-    )  # the bottom map from its nucleus of 0.7, the top map from the full distribution
+        default_factory=lambda: SampleConfig(top_p=0.7, top_map_top_p=1.0, top_map_temperature=1.1)
+    )  # the bottom map from its nucleus of 0.7, the top map from the full distribution at temperature 1.1
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     # a step budget, not minutes: the same judge (and hash) whatever the machine's speed that day
     judge_train: TrainConfig = field(
@@ -295,6 +301,15 @@ class Config:
             for name in ("epochs", "max_steps", "max_minutes"):
                 if getattr(stage, name) is not None:
                     positive[f"{section}.{name}"] = getattr(stage, name)
+        for section in ("prior_train", "top_prior_train", "judge_train"):
+            decay = getattr(self, section).weight_ema_decay
+            if not 0.0 <= decay < 1.0:
+                raise ConfigError(f"config key '{section}.weight_ema_decay': must be in [0, 1), got {decay}")
+        if self.train.weight_ema_decay:
+            raise ConfigError(
+                "config key 'train.weight_ema_decay': the VQ-VAE's codebook is already an average of the "
+                "encoder's outputs; weight averaging is for the priors and the judge (keep it 0)"
+            )
         for key in ("bottom_dropout", "bottom_corruption"):
             if not 0.0 <= getattr(self.model, key) < 1.0:
                 raise ConfigError(

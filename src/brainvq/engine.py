@@ -9,7 +9,8 @@ precision and loggers; this module owns the loop, which reads top to bottom:
 What is trained is a :class:`Task` (the VQ-VAE's and the priors' in :mod:`brainvq.tasks`, the
 judge's in :mod:`brainvq.judge`). Checkpoints (``last`` and ``best``) hold the model, optimiser,
 scheduler, loop position and RNG state, are written atomically, and load with
-``weights_only=True``. ``resume`` continues exactly where a run stopped: same step, same batch
+``weights_only=True``. With ``weight_ema_decay`` the checkpoint's ``model`` is the moving average of
+the weights (what validation scored and later stages load) and ``training_model`` the raw weights. ``resume`` continues exactly where a run stopped: same step, same batch
 order, same codebook, same random numbers.
 """
 
@@ -29,6 +30,7 @@ import torch
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from brainvq.config import (
@@ -185,6 +187,19 @@ def lr_factor(schedule: str, warmup_steps: int, total_steps: int | None) -> Any:
     return factor
 
 
+def warm_ema(decay: float) -> Any:
+    """An ``AveragedModel`` update: the plain mean of the weights seen so far until that is shorter
+    than the EMA's memory (n < 1 / (1 - decay)), then the EMA of ``decay``; so a short run averages
+    its own steps instead of keeping its first ones (as TensorFlow's ``num_updates`` does)."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], count: torch.Tensor) -> None:
+        weight = max(1.0 - decay, 1.0 / (int(count) + 1))  # count weights averaged before this one
+        torch._foreach_lerp_(averaged, current, weight)
+
+    return update
+
+
 STOP_REASONS = ("", "steps", "epochs", "minutes", "interrupted")
 
 
@@ -203,6 +218,7 @@ class Engine:
         self.progress = progress
         self.state = LoopState()
         self.signalled = False
+        self.average: AveragedModel | None = None
 
     def fit(self) -> LoopState:
         fabric, train = self.fabric, self.train
@@ -217,6 +233,8 @@ class Engine:
         )
         wrapped, optimizer = fabric.setup(self.model, optimizer)
         self.optimizer, self.scheduler = optimizer, scheduler
+        if train.weight_ema_decay:  # buffers (masks, caches) follow the model; only weights are averaged
+            self.average = AveragedModel(self.model, multi_avg_fn=warm_ema(train.weight_ema_decay))
         if self.resume:
             self._restore()
         try:
@@ -358,6 +376,8 @@ class Engine:
             self.fabric.clip_gradients(model, self.optimizer, max_norm=self.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update_parameters(self.model)
         self.task.on_step(output)
         return output
 
@@ -376,6 +396,11 @@ class Engine:
             return 1
         return 0
 
+    def evaluated_model(self) -> nn.Module:
+        """What validation scores and checkpoints hold as ``model``: the weights' moving average
+        when ``weight_ema_decay`` is on, else the trained weights themselves."""
+        return self.average.module if self.average is not None else self.model
+
     def _validate(self) -> dict[str, float]:
         """Each rank validates its shard (every world_size-th item) on the unwrapped model; the additive
         statistics are summed over ranks, so the metrics are exact and every rank holds the same."""
@@ -384,7 +409,7 @@ class Engine:
             return {}
         fabric = self.fabric
         shard = list(range(fabric.global_rank, size, fabric.world_size))
-        statistics = self.task.validation_statistics(self.model, shard)
+        statistics = self.task.validation_statistics(self.evaluated_model(), shard)
         if fabric.world_size > 1:
             statistics = {
                 key: fabric.all_reduce(value.to(fabric.device), reduce_op="sum").cpu()  # type: ignore[union-attr]
@@ -404,7 +429,9 @@ class Engine:
         metrics.update(self._validate())
         state.history.append(metrics)
         self.fabric.log_dict({f"epoch/{k}": v for k, v in metrics.items()}, step=state.step)
-        self.task.on_validated(self.model, self.fabric, self.run, state.epoch if not partial else state.epoch + 1)
+        self.task.on_validated(
+            self.evaluated_model(), self.fabric, self.run, state.epoch if not partial else state.epoch + 1
+        )
         value = metrics.get(self.task.best_metric)
         if value is not None and math.isfinite(value):
             better = state.best is None or (
@@ -425,7 +452,7 @@ class Engine:
     def _save(self, which: str) -> None:
         if not self.fabric.is_global_zero:
             return
-        for name, tensor in self.model.state_dict().items():
+        for name, tensor in self.evaluated_model().state_dict().items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise TrainingError(
                     f"{self.task.stage}: weight {name} is not finite; refusing to save it as {which}"
@@ -435,7 +462,7 @@ class Engine:
             "format": CHECKPOINT_FORMAT,
             "stage": self.task.stage,
             "config": self.task.config.to_dict(),
-            "model": self.model.state_dict(),
+            "model": self.evaluated_model().state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loop": asdict(self.state),
@@ -445,13 +472,21 @@ class Engine:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
         }
+        if self.average is not None:
+            checkpoint["training_model"] = self.model.state_dict()
+            checkpoint["average_count"] = int(self.average.n_averaged)
         atomic_torch_save(self.run.checkpoint(self.task.stage, which), checkpoint)
 
     def _restore(self) -> None:
         path = self.run.checkpoint(self.task.stage, "last")
         checkpoint = load_checkpoint(path)
         try:
-            self.model.load_state_dict(checkpoint["model"])
+            self.model.load_state_dict(checkpoint.get("training_model", checkpoint["model"]))
+            if self.average is not None and "training_model" in checkpoint:
+                self.average.module.load_state_dict(checkpoint["model"])
+                self.average.n_averaged.fill_(checkpoint["average_count"])
+            elif self.average is not None:  # averaging switched on at resume: it starts from here
+                self.average.module.load_state_dict(checkpoint["model"])
         except RuntimeError as error:
             raise RunError(f"{path}: checkpoint does not match the configured model ({error})") from None
         self.optimizer.load_state_dict(checkpoint["optimizer"])
