@@ -52,6 +52,7 @@ TINY = [
     "top_prior_train.warmup_steps=0",
     "sample.top_p=1.0",
     "sample.top_map_top_p=null",
+    "sample.top_map_temperature=null",
 ]
 
 
