@@ -23,11 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from brainvq.codes import decode_levels, encode_levels
+from brainvq.codes import decode_in_batches, encode_levels
 from brainvq.data import load_split
 from brainvq.judge import load_judge
 from brainvq.realism import (
@@ -44,13 +43,6 @@ from brainvq.runs import load_run
 from brainvq.sample import resolve_sampling, sample_codes, slice_conditions
 
 SHOWN = ("fd_judge", "precision", "recall", "tissue_error", "slice_error", "ms_ssim_diversity")
-
-
-@torch.no_grad()
-def decode_batches(vqvae: Any, bottom: torch.Tensor, top: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    return torch.cat([
-        decode_levels(vqvae, bottom[s : s + batch_size], top[s : s + batch_size]) for s in range(0, len(bottom), batch_size)
-    ])  # fmt: skip
 
 
 def main() -> None:
@@ -95,10 +87,10 @@ def main() -> None:
     )  # fmt: skip
     sets = {
         "real top, drawn bottom": ImageSet(
-            "real top, drawn bottom", to_uint8(decode_batches(vqvae, drawn, top)), slices
+            "real top, drawn bottom", to_uint8(decode_in_batches(vqvae, drawn, top, 32, "cpu")), slices
         ),
         "real top, real bottom": ImageSet(
-            "real top, real bottom", to_uint8(decode_batches(vqvae, bottom, top)), slices
+            "real top, real bottom", to_uint8(decode_in_batches(vqvae, bottom, top, 32, "cpu")), slices
         ),
     }
     report = {"run": str(args.run), "seed": args.seed, "n": len(pick), "bottom_temperature": how.temperature,

@@ -124,6 +124,19 @@ def decode_levels(model: AnyVQVAE, bottom: torch.Tensor, top: torch.Tensor | Non
     return model.decode(bottom.long())
 
 
+@torch.no_grad()
+def decode_in_batches(
+    model: AnyVQVAE, bottom: torch.Tensor, top: torch.Tensor | None, batch_size: int, device: torch.device | str
+) -> torch.Tensor:
+    """:func:`decode_levels` over ``batch_size`` maps at a time on ``device``; the images come back on the CPU."""
+    return torch.cat([
+        decode_levels(
+            model, bottom[s : s + batch_size].to(device), top[s : s + batch_size].to(device) if top is not None else None
+        ).cpu()
+        for s in range(0, len(bottom), batch_size)
+    ])  # fmt: skip
+
+
 def slice_condition(slices: torch.Tensor, num_slices: int, where: str = "") -> torch.Tensor:
     """The one rule for slice conditioning, in training, evaluation and sampling: indices must lie in
     0..num_slices-1. Unknown slices (-1, plain folders) and larger indices are errors, never clamped."""

@@ -452,7 +452,8 @@ class Engine:
     def _save(self, which: str) -> None:
         if not self.fabric.is_global_zero:
             return
-        for name, tensor in self.evaluated_model().state_dict().items():
+        weights = self.evaluated_model().state_dict()
+        for name, tensor in weights.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise TrainingError(
                     f"{self.task.stage}: weight {name} is not finite; refusing to save it as {which}"
@@ -462,7 +463,7 @@ class Engine:
             "format": CHECKPOINT_FORMAT,
             "stage": self.task.stage,
             "config": self.task.config.to_dict(),
-            "model": self.evaluated_model().state_dict(),
+            "model": weights,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loop": asdict(self.state),
@@ -482,11 +483,9 @@ class Engine:
         checkpoint = load_checkpoint(path)
         try:
             self.model.load_state_dict(checkpoint.get("training_model", checkpoint["model"]))
-            if self.average is not None and "training_model" in checkpoint:
+            if self.average is not None and "training_model" in checkpoint:  # else it starts at this step
                 self.average.module.load_state_dict(checkpoint["model"])
                 self.average.n_averaged.fill_(checkpoint["average_count"])
-            elif self.average is not None:  # averaging switched on at resume: it starts from here
-                self.average.module.load_state_dict(checkpoint["model"])
         except RuntimeError as error:
             raise RunError(f"{path}: checkpoint does not match the configured model ({error})") from None
         self.optimizer.load_state_dict(checkpoint["optimizer"])

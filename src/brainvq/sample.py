@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from brainvq.background import Background, run_background
-from brainvq.codes import decode_levels, slice_condition
+from brainvq.codes import decode_in_batches, slice_condition
 from brainvq.config import SampleConfig, sampling_problem
 from brainvq.devices import resolve_device
 from brainvq.errors import RunError
@@ -568,16 +568,7 @@ def sample(
         temperature=how.temperature, top_p=how.top_p, **options,
     )  # fmt: skip
     sampled = time.perf_counter()
-    images = torch.cat(
-        [
-            decode_levels(
-                vqvae,
-                codes[s : s + batch_size].to(device),
-                top[s : s + batch_size].to(device) if top is not None else None,
-            ).cpu()
-            for s in range(0, num_samples, batch_size)
-        ]
-    )
+    images = decode_in_batches(vqvae, codes, top, batch_size, device)
     finished = time.perf_counter()
     return SampleResult(
         top_codes=top,
