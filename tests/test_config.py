@@ -35,6 +35,10 @@ def test_defaults_are_the_best_measured_and_seed_yaml_keeps_the_seed_design() ->
     assert seed.model.levels == 1 and seed.model.num_embeddings == 512 and seed.model.embedding_dim == 64
     assert (seed.model.quantizer, seed.model.codebook_init) == ("ema", "kmeans++")  # brainvq's quantiser
     assert (seed.sample.top_p, seed.sample.top_map_top_p) == (1.0, None)  # plain ancestral sampling
+    # both priors sample from the average of their weights; the seed, the demo and one level do not
+    assert config.prior_train.weight_ema_decay == config.top_prior_train.weight_ema_decay == 0.995
+    for name in ("seed", "demo", "oasis-cpu-1level"):
+        assert load_config(find_preset(name)).prior_train.weight_ema_decay == 0.0, name
 
 
 def test_yaml_round_trip(tmp_path: Path) -> None:

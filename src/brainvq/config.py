@@ -228,8 +228,9 @@ class Config:
     )  # the bottom prior, conditioned on the top map; PriorConfig() alone is the seed's 2-block PixelCNN
     train: TrainConfig = field(default_factory=TrainConfig)
     prior_train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(batch_size=8, lr=2e-3)
-    )  # on a 2-core CPU batch 8 learns most per minute: 2.02 bits in 20 min against 2.87 at batch 32
+        default_factory=lambda: TrainConfig(batch_size=8, lr=2e-3, weight_ema_decay=0.995)
+    )  # batch 8 learns most per minute on a 2-core CPU (2.02 bits in 20 min against 2.87 at batch 32);
+    # the average of the weights: samples' tissue error 0.0043 at two seeds of the priors (README)
     top_prior: PriorConfig = field(
         default_factory=lambda: PriorConfig(
             arch="transformer",
