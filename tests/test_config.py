@@ -16,7 +16,8 @@ def test_defaults_are_the_best_measured_and_seed_yaml_keeps_the_seed_design() ->
     assert config.model.num_residual_blocks == 2 and config.model.downsample == 4
     assert config.top_prior.arch == "transformer" and config.prior.arch == "pixelcnn"
     assert config.prior.condition_on_slice and config.prior.positional
-    assert (config.sample.top_p, config.sample.top_map_top_p) == (0.7, 1.0)
+    sampling = config.sample  # the bottom map from its nucleus, the top map warmer (README, "at temperature 1.15")
+    assert (sampling.top_p, sampling.top_map_top_p, sampling.top_map_temperature) == (0.7, 1.0, 1.15)
     # the oasis-cpu preset is the defaults' architecture and sampling with a CPU hour's budgets
     preset = load_config(find_preset("oasis-cpu"))
     for section in ("model", "prior", "top_prior", "sample"):

@@ -246,8 +246,8 @@ class Config:
     )  # the average of the weights: samples' tissue error 0.0043 against 0.0053 (README, "Two levels")
     fabric: FabricConfig = field(default_factory=FabricConfig)
     sample: SampleConfig = field(
-        default_factory=lambda: SampleConfig(top_p=0.7, top_map_top_p=1.0, top_map_temperature=1.1)
-    )  # the bottom map from its nucleus of 0.7, the top map from the full distribution at temperature 1.1
+        default_factory=lambda: SampleConfig(top_p=0.7, top_map_top_p=1.0, top_map_temperature=1.15)
+    )  # the bottom map from its nucleus of 0.7, the top map from the full distribution at temperature 1.15
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     # a step budget, not minutes: the same judge (and hash) whatever the machine's speed that day
     judge_train: TrainConfig = field(
