@@ -99,13 +99,51 @@ def test_presets_load() -> None:
         assert one_level.model.levels == 1 and one_level.sample.top_p == 1.0
     one_level = load_config(find_preset("oasis-cpu-1level"))
     assert (one_level.prior.num_layers, one_level.prior.input_kernel_size) == (8, 7)
-    with pytest.raises(ConfigError, match="preset 'nope' not found .*presets: demo, oasis-cpu, oasis-cpu-1level"):
+    with pytest.raises(ConfigError, match="preset 'nope' not found .presets: demo, oasis-cpu, oasis-cpu-1level"):
         find_preset("nope")
 
 
-def test_partial_dict_keeps_defaults() -> None:
-    config = config_from_dict({"model": {"num_embeddings": 64}})
-    assert config.model.num_embeddings == 64 and config.model.embedding_dim == Config().model.embedding_dim
+def test_partial_sections_keep_the_full_defaults(tmp_path: Path) -> None:
+    """A partial section changes only what it names: every other key keeps Config()'s value, not the
+    section dataclass's own default (which differ for the priors' training, sampling and the model)."""
+    defaults = Config()
+    config = config_from_dict(
+        {"prior_train": {"max_minutes": 10}, "sample": {"n": 64}, "model": {"num_embeddings": 256}}
+    )
+    assert config.prior_train.max_minutes == 10
+    assert (config.prior_train.batch_size, config.prior_train.lr, config.prior_train.weight_ema_decay) == (
+        8,
+        2e-3,
+        0.995,
+    )
+    assert config.sample.n == 64
+    assert (config.sample.top_p, config.sample.top_map_temperature) == (defaults.sample.top_p, 1.15)
+    assert config.model.num_embeddings == 256 and config.model.levels == 2 and config.model.bottom_dropout == 0.5
+    path = tmp_path / "partial.yaml"
+    path.write_text("prior_train:\n  max_minutes: 10\n")
+    from_file = load_config(path, ["sample.n=64"])
+    assert from_file.prior_train == config.prior_train and from_file.sample == config.sample
+    with pytest.raises(ConfigError, match="config section 'model' must be a mapping"):
+        config_from_dict({"model": 5})
+
+
+def test_presets_ship_with_the_package_and_ignore_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A preset name is looked up in the package only; a configs/demo.yaml in the working folder
+    does not replace the shipped one, and is used only when given as a path."""
+    import brainvq
+
+    shipped = find_preset("demo")
+    assert Path(brainvq.__file__).parent in shipped.parents
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "demo.yaml").write_text("model:\n  num_embeddings: 7\n")
+    monkeypatch.chdir(tmp_path)
+    assert find_preset("demo") == shipped
+    assert load_config(find_preset("demo")).model.num_embeddings == 128
+    assert load_config(find_preset("configs/demo.yaml")).model.num_embeddings == 7
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        find_preset("missing.yaml")
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from brainvq.data import check_data
@@ -65,3 +66,20 @@ def test_split_subjects_like_oasis() -> None:
     assert len(splits["test"]) == 17
     assert not set(splits["train"]) & set(splits["validate"])
     assert max(splits["train"]) < min(splits["validate"]) < min(splits["test"])
+
+
+def test_the_phantom_command_never_writes_into_a_folder_it_did_not_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from brainvq.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    argv = ["phantom", str(mine), "--subjects", "3", "--size", "32", "--slices", "2"]
+    assert main(argv) == 2 and "--force" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 2 and "refusing to delete" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    fresh = tmp_path / "fresh"
+    assert main(["phantom", str(fresh), "--subjects", "3", "--size", "32", "--slices", "2"]) == 0
+    assert main(["phantom", str(fresh), "--subjects", "3", "--size", "32", "--slices", "2", "--force"]) == 0

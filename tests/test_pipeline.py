@@ -313,3 +313,64 @@ def test_evaluate_samples_with_a_run(
         assert "need --run" in capsys.readouterr().err
     assert main([*argv, "--top-map-top-p", "0.5"]) == 2  # a one-level run has no top map
     assert "need a two-level run" in capsys.readouterr().err
+
+
+def test_pipeline_force_checks_the_data_before_it_deletes_the_run(
+    finished_run: Path, phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pipeline --force` with data it cannot use fails and leaves the old run whole (issue 35, item 2)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    plain = tmp_path / "plain_pngs"  # a plain folder: no slice indices for the default, conditioned priors
+    plain.mkdir()
+    for path in sorted((phantom_root / "keras_png_slices_train").glob("*.png"))[:8]:
+        shutil.copy(path, plain / path.name.replace("case_", "img_"))
+    assert main(["pipeline", "--data", str(plain), "--run", str(run), "--force"]) == 2
+    assert "a plain folder of PNGs has no slice indices" in capsys.readouterr().err
+    broken = tmp_path / "broken"  # the OASIS layout, but its first training image is not a PNG
+    shutil.copytree(phantom_root, broken)
+    first = sorted((broken / "keras_png_slices_train").glob("*.png"))[0]
+    first.write_bytes(b"not a png")
+    assert (
+        main(
+            [
+                "pipeline",
+                "--data",
+                str(broken),
+                "--run",
+                str(run),
+                "--force",
+                *sum((["--set", s] for s in TINY), []),
+            ]
+        )
+        == 2
+    )
+    assert first.name in capsys.readouterr().err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_every_folder_command_reads_what_sample_writes(
+    finished_run: Path, trained_judge: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """segment, score --images, anomaly --images and complete on a `sample` folder (samples.json and
+    grid.png beside the slices) read the slices it lists (issue 35, item 5)."""
+    samples = tmp_path / "samples"
+    assert main(["sample", "--run", str(finished_run), "--n", "3", "--out", str(samples), "--device", "cpu"]) == 0
+    assert (samples / "grid.png").is_file() and (samples / "samples.json").is_file()
+    capsys.readouterr()
+    masks = tmp_path / "masks"
+    assert main(["segment", "--judge", str(trained_judge), str(samples), str(masks), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in masks.iterdir()) == [f"sample_{k:03d}.png" for k in range(3)]
+    capsys.readouterr()
+    assert main(["score", "--run", str(finished_run), "--images", str(samples), "--out", str(tmp_path / "score"),
+                 "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+    assert main(["anomaly", "--run", str(finished_run), "--images", str(samples), "--out", str(tmp_path / "an"),
+                 "--json", "--no-maps"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+    assert main(["complete", "--run", str(finished_run), "--image", str(samples / "sample_001.png"),
+                 "--keep-rows", "4", "--n", "1", "--out", str(tmp_path / "complete")]) == 0  # fmt: skip
+    assert main(["complete", "--run", str(finished_run), "--image", str(samples / "grid.png"),
+                 "--keep-rows", "4", "--n", "1", "--out", str(tmp_path / "complete")]) == 2  # fmt: skip
+    assert "grid.png: not one of the folder's slices" in capsys.readouterr().err

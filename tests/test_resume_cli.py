@@ -191,3 +191,20 @@ def test_pipeline_under_the_ddp_launcher_does_rank_zero_work_once(phantom_root: 
     assert completed[:3] == ["train-vqvae", "encode", "train-prior"] and completed[-1] == "report"
     assert _step(run) == 8 and len(list((run / "samples").glob("sample_*.png"))) == 2
     assert not list(run.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_resume_with_a_new_learning_rate_trains_at_it(phantom_root: Path, tmp_path: Path) -> None:
+    """`--resume --set train.lr=X` (what the NaN guard advises) trains at X, as config.yaml and the
+    checkpoint record, not at the learning rate the optimiser's saved state holds (issue 35, item 1)."""
+    config = _config_file(tmp_path)
+    run = tmp_path / "run"
+    base = ["train-vqvae", "--run", str(run), "--quiet"]
+    assert brainvq(*base, "--data", str(phantom_root), "--config", str(config), "--max-steps", "3").returncode == 0
+    resumed = brainvq(*base, "--resume", "--max-steps", "5", "--set", "train.lr=0.0005")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "train.lr: 0.002 -> 0.0005" in resumed.stderr
+    state = load_checkpoint(RunDir(run).checkpoint("vqvae", "last"))
+    assert state["config"]["train"]["lr"] == 0.0005
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [0.0005]
+    assert state["scheduler"]["base_lrs"] == [0.0005]

@@ -237,3 +237,22 @@ def test_a_changed_vqvae_makes_both_priors_stale(two_level_run: Path, tmp_path: 
     assert loaded.top_prior_problem is not None and "stale prior" in loaded.top_prior_problem
     refused = cli("sample", "--run", str(run), "--n", "2", "--out", str(tmp_path / "s"))
     assert refused.returncode != 0 and "stale" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_resume_after_a_stop_during_the_top_prior_starts_the_bottom_one(
+    two_level_run: Path, tmp_path: Path
+) -> None:
+    """Training stopped during the top prior leaves no bottom checkpoint: `train-prior --resume`
+    continues the top prior and starts the bottom one (issue 35, item 4)."""
+    run = tmp_path / "run"
+    shutil.copytree(two_level_run, run)
+    for stage in ("prior", "prior_top"):
+        for which in ("last", "best"):
+            RunDir(run).checkpoint(stage, which).unlink(missing_ok=True)
+    top_only = cli("train-prior", "--level", "top", "--run", str(run), "--max-steps", "3", "--quiet")
+    assert top_only.returncode == 0, top_only.stderr[-2000:]
+    resumed = cli("train-prior", "--run", str(run), "--resume", "--max-steps", "5", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    top, bottom = (load_checkpoint(RunDir(run).checkpoint(stage, "last")) for stage in ("prior_top", "prior"))
+    assert (top["loop"]["step"], bottom["loop"]["step"]) == (5, 5)
+    assert bottom["config"]["prior"]["context_channels"] == 8  # the run's own config, not the defaults

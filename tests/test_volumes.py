@@ -231,3 +231,40 @@ def test_subjects_from_a_csv_and_a_voxel_range(phantom_volumes: Path, tmp_path: 
     with pytest.raises(DataError, match="outside the volume"):
         slice_volumes(folder, tmp_path / "out2", SliceOptions(num_slices=None, slice_range=(10, 999)),
                       subjects_csv=table, fractions=(1.0, 0.0, 0.0), progress=False)  # fmt: skip
+
+
+def test_labels_for_some_subjects_are_refused_at_planning_and_an_empty_split_is_allowed(
+    phantom_volumes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Labels for only some subjects would make a dataset train-vqvae refuses: refused before any
+    work, naming them. `--splits 0,0,1` (every subject to test) is a legitimate split (issue 35, item 6)."""
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for path in sorted((phantom_volumes / "labels").glob("*.nii.gz"))[:4]:
+        (labels / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "out"
+    _expect_error(capsys, ["slice-volumes", str(phantom_volumes / "volumes"), str(out), "--labels", str(labels)],
+                  "no label volume for 2 of 6 subjects (5, 6)")  # fmt: skip
+    assert not out.exists()
+    three = tmp_path / "three"
+    three.mkdir()
+    for path in sorted((phantom_volumes / "volumes").glob("*.nii.gz"))[:3]:
+        (three / path.name).write_bytes(path.read_bytes())
+    assert main(["slice-volumes", str(three), str(out), "--splits", "0,0,1", "--size", "32", "--slices", "4"]) == 0
+    assert check_data(out)["splits"].keys() == {"test"}
+    assert split_subjects([1, 2, 3], (0.0, 0.0, 1.0), seed=0) == {1: "test", 2: "test", 3: "test"}
+
+
+def test_force_keeps_the_old_output_when_the_new_one_fails(
+    phantom_volumes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--force` replaces the old dataset only once the new one is built (issue 35, item 10)."""
+    out = tmp_path / "out"
+    assert (
+        main(["slice-volumes", str(phantom_volumes / "volumes"), str(out), "--size", "32", "--slices", "4"]) == 0
+    )
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    data, affine = _one_volume(phantom_volumes)
+    bad = _save(tmp_path / "bad", "sub-001.nii.gz", np.full(data.shape, 7, dtype=np.int16), affine)
+    _expect_error(capsys, ["slice-volumes", str(bad.parent), str(out), "--force"], "same value")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

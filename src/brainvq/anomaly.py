@@ -315,7 +315,7 @@ def open_inputs(
     data: str | Path | None, split: str | None, images: str | Path | None, truth: str | Path | None
 ) -> Inputs:
     """``--data DATA --split S`` (truth: ``keras_png_slices_lesion_S`` when present) or ``--images DIR``."""
-    from brainvq.data import IMAGE_RE, load_split, scan_split
+    from brainvq.data import load_split, record_slice, scan_split
     from brainvq.errors import DataError
     from brainvq.lesions import lesion_dir, lesion_name
 
@@ -337,10 +337,7 @@ def open_inputs(
     for path in truths or []:
         if not path.is_file():
             raise DataError(f"{path}: lesion mask missing (one per image, same file name)")
-    slices = []
-    for r in dataset.records:
-        match = IMAGE_RE.match(r.path.name)
-        slices.append(r.slice_index if r.slice_index >= 0 else (int(match.group(2)) if match else -1))
+    slices = [record_slice(r) for r in dataset.records]
     return Inputs(dataset, torch.tensor(slices), truths, [r.path.name for r in dataset.records])
 
 

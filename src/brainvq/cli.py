@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -54,14 +55,27 @@ def _print(data: Any, as_json: bool) -> None:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_phantom(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from brainvq.files import check_replaceable, mark_owned, swap_in
     from brainvq.phantom import make_phantom
 
     if args.subjects < 3:
         raise BrainVQError("--subjects must be at least 3 (one subject per split)")
+    out = Path(args.out)
+    check_replaceable(out, "phantom dataset", args.force)  # never writes into a folder it did not make
     started = time.monotonic()
-    counts = make_phantom(
-        args.out, args.subjects, seed=args.seed, size=args.size, num_slices=args.slices, volumes=args.volumes
-    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    built = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        counts = make_phantom(
+            built, args.subjects, seed=args.seed, size=args.size, num_slices=args.slices, volumes=args.volumes
+        )
+        mark_owned(built, "phantom")
+        swap_in(built, out)
+    finally:
+        if built.exists():
+            shutil.rmtree(built)
     seconds = time.monotonic() - started
     total = sum(counts.values())
     print(
@@ -189,14 +203,22 @@ def cmd_train_vqvae(args: argparse.Namespace) -> int:
 
 
 def cmd_train_prior(args: argparse.Namespace) -> int:
+    from brainvq.runs import RunDir
     from brainvq.train import PRIOR_STAGES, run_prior_levels, train_prior
 
+    levels = run_prior_levels(args.run, args.level)  # a two-level run: the top prior, then the bottom
+    started = [level for level in levels if RunDir(args.run).checkpoint(PRIOR_STAGES[level], "last").is_file()]
+    if args.resume and not started:
+        raise BrainVQError(f"{args.run}: nothing to resume (no prior checkpoint yet; drop --resume)")
     summaries = {}
-    for level in run_prior_levels(args.run, args.level):  # a two-level run: the top prior, then the bottom
+    for level in levels:
         section = "top_prior_train" if level == "top" else "prior_train"
-        config = _stage_config(args, PRIOR_STAGES[level], section)
+        # --resume continues the levels that have a checkpoint and starts the others (training stopped
+        # during the top prior leaves no bottom one)
+        level_args = argparse.Namespace(**{**vars(args), "resume": args.resume and level in started})
+        config = _stage_config(level_args, PRIOR_STAGES[level], section)
         summaries[level] = train_prior(
-            config, args.run, resume=args.resume, force=args.force, progress=not args.quiet, level=level
+            config, args.run, resume=level_args.resume, force=args.force, progress=not args.quiet, level=level
         )
     _print(summaries["bottom"] if len(summaries) == 1 and "bottom" in summaries else summaries, args.json)
     return 0
@@ -456,7 +478,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_complete(args: argparse.Namespace) -> int:
     from brainvq.anomaly import complete
-    from brainvq.data import IMAGE_RE, load_split
+    from brainvq.data import load_split, record_slice
     from brainvq.figures import image_grid
     from brainvq.runs import load_run
 
@@ -466,10 +488,12 @@ def cmd_complete(args: argparse.Namespace) -> int:
         raise BrainVQError(f"{image_path}: image not found")
     folder = image_path.parent
     dataset = load_split(folder, "all", in_memory=False)
-    index = next(i for i, r in enumerate(dataset.records) if r.path.name == image_path.name)
+    index = next((i for i, r in enumerate(dataset.records) if r.path.name == image_path.name), None)
+    if index is None:
+        raise BrainVQError(f"{image_path}: not one of the folder's slices (a grid or an unlisted image)")
     image = dataset.images([index])
-    match = IMAGE_RE.match(image_path.name)
-    slice_index = args.slice if args.slice is not None else (int(match.group(2)) if match else None)
+    known = record_slice(dataset.records[index])
+    slice_index = args.slice if args.slice is not None else (known if known >= 0 else None)
     completions = complete(run, image, args.keep_rows, args.n, seed=args.seed,
                            slice_index=slice_index if run.config.prior.condition_on_slice else None)  # fmt: skip
     import torch
@@ -570,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--slices", type=int, default=32)
     p.add_argument("--volumes", action="store_true", help="also write NIfTI volumes (OUT/volumes, OUT/labels)")
+    p.add_argument("--force", action="store_true", help="replace OUT if brainvq made it")
     p.set_defaults(handler=cmd_phantom)
 
     from brainvq.volumes import DEFAULT_SUBJECT_PATTERN

@@ -8,8 +8,8 @@ best configuration measured so far on OASIS (see the README's results): two leve
 (VQ-VAE-2, Razavi et al. 2019) with a transformer prior over the top map and a PixelCNN over the
 bottom map conditioned on it, the architecture and sampling of ``configs/oasis-cpu.yaml``.
 
-A YAML section starts from its dataclass's own defaults (a ``model:`` section without ``levels``
-is one level); a section the file leaves out keeps :class:`Config`'s.
+Every YAML file, checkpoint dict and ``--set`` is merged onto the full defaults of :class:`Config`:
+a partial section (``prior_train: {max_minutes: 10}``) changes only the keys it names.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -407,13 +408,26 @@ def _from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 RETIRED_KEYS = {"data": ("num_workers",), "fabric": ("compile",)}
 
 
+def merge_dicts(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it, mapping by mapping (neither is changed)."""
+    merged = dict(base)
+    for key, value in update.items():
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge_dicts(merged[key], value) if nested else value
+    return merged
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build and validate a :class:`Config` from a (possibly partial) nested dict; defaults fill the rest."""
+    """Build and validate a :class:`Config` from a (possibly partial) nested dict, laid over the full
+    defaults of :class:`Config`: a key the dict does not name keeps :class:`Config`'s value."""
     data = dict(data or {})
     for section, keys in RETIRED_KEYS.items():
         if isinstance(data.get(section), dict):
             data[section] = {k: v for k, v in data[section].items() if k not in keys}
-    return _from_dict(Config, data).validate()
+    for section, value in data.items():
+        if not isinstance(value, dict) and section in {f.name for f in fields(Config)}:
+            raise ConfigError(f"config section '{section}' must be a mapping")
+    return _from_dict(Config, merge_dicts(Config().to_dict(), data)).validate()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -477,17 +491,28 @@ def save_config(config: Config, path: str | Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def find_preset(name: str) -> Path:
-    """Resolve a preset name (``oasis-cpu``) or a YAML path to a file under ``configs/``."""
+PRESETS = "brainvq.configs"  # the presets ship inside the package (importlib.resources)
+
+
+def preset_names() -> list[str]:
+    """The names of the shipped presets (``demo``, ``oasis-cpu``, ...)."""
+    folder = resources.files(PRESETS)
+    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def find_preset(name: str | Path) -> Path:
+    """A shipped preset by name (``oasis-cpu``), or a YAML file given as a path.
+
+    A name is looked up only among the presets that ship with the package, never in the working
+    directory, so a ``configs/demo.yaml`` lying there cannot silently replace the shipped one; a user's own
+    file is used when it is given as a path (``--config my.yaml`` or ``--preset ./my.yaml``).
+    """
     candidate = Path(name)
-    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"{candidate}: config file not found")
         return candidate
-    folders = (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs")
-    for folder in folders:
-        path = folder / f"{name}.yaml"
-        if path.is_file():
-            return path
-    known = sorted({path.stem for folder in folders if folder.is_dir() for path in folder.glob("*.yaml")})
-    raise ConfigError(
-        f"preset '{name}' not found (looked for configs/{name}.yaml; presets: {', '.join(known) or 'none'})"
-    )
+    entry = resources.files(PRESETS) / f"{name}.yaml"
+    if not entry.is_file():
+        raise ConfigError(f"preset '{name}' not found (presets: {', '.join(preset_names())})")
+    return Path(str(entry))

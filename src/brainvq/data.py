@@ -11,6 +11,7 @@ Every problem is reported as a :class:`DataError` whose message names the file a
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -156,8 +157,43 @@ def plain_folder_split(files: Sequence[Path], split: str, root: Path) -> list[Pa
     return [path for i, path in enumerate(files) if keep(i)]
 
 
+def record_slice(record: SliceRecord) -> int:
+    """A slice's index: the record's own (OASIS layout, a samples record), else from an OASIS-style
+    file name (``case_NNN_slice_K``) in a plain folder, else -1 (unknown)."""
+    if record.slice_index >= 0:
+        return record.slice_index
+    match = IMAGE_RE.match(record.path.name)
+    return int(match.group(2)) if match else -1
+
+
+SAMPLES_RECORD = "samples.json"  # what `brainvq sample` writes beside its slices (and grid.png)
+
+
+def _sample_records(root: Path, split: str, problems: list[str]) -> list[SliceRecord]:
+    """The slices a ``samples.json`` lists (not ``grid.png``), with the slice indices they were
+    drawn for, so that every command reading a folder of slices reads what ``sample`` writes."""
+    record = root / SAMPLES_RECORD
+    try:
+        data = json.loads(record.read_text())
+        names = [Path(p).name for p in data.get("images", [])]
+    except (ValueError, AttributeError, TypeError):
+        problems.append(f"{record}: not a brainvq samples record (unreadable JSON)")
+        return []
+    if not names:
+        problems.append(f"{record}: lists no images")
+    slices = dict(zip(names, data.get("slices") or [], strict=False))
+    for name in names:
+        if not (root / name).is_file():
+            problems.append(f"{root / name}: listed in {record} but missing")
+    files = plain_folder_split([root / name for name in names], split, root)
+    return [SliceRecord(path, split, -1, int(slices.get(path.name, -1))) for path in files]
+
+
 def _scan_plain_folder(root: Path, split: str) -> SplitScan:
     scan = SplitScan(split=split, folder=root)
+    if (root / SAMPLES_RECORD).is_file():
+        scan.records = _sample_records(root, split, scan.problems)
+        return scan
     files = plain_folder_split(_png_files(root, scan.problems), split, root)
     scan.records = [SliceRecord(path, split) for path in files]
     if not files and not scan.problems:

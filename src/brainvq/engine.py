@@ -478,6 +478,16 @@ class Engine:
             checkpoint["average_count"] = int(self.average.n_averaged)
         atomic_torch_save(self.run.checkpoint(self.task.stage, which), checkpoint)
 
+    def _apply_optimiser_settings(self) -> None:
+        """After a restore, the config's learning rate and weight decay, not the checkpoint's: a
+        resume with ``--set train.lr=X`` trains at X (the schedule's factor at this step applied)."""
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [self.train.lr for _ in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.train.lr
+            group["lr"] = self.train.lr * factor
+            group["weight_decay"] = self.train.weight_decay
+
     def _restore(self) -> None:
         path = self.run.checkpoint(self.task.stage, "last")
         checkpoint = load_checkpoint(path)
@@ -490,6 +500,9 @@ class Engine:
             raise RunError(f"{path}: checkpoint does not match the configured model ({error})") from None
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self._apply_optimiser_settings()
+        if "precision" in checkpoint:  # the 16-mixed gradient scaler's scale and growth tracker
+            self.fabric.strategy.precision.load_state_dict(checkpoint["precision"])
         self.state = LoopState(**checkpoint["loop"])
         self.state.stop_reason = ""
         self.task.load_state_dict(checkpoint["task"])

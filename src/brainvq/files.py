@@ -127,3 +127,33 @@ def remove_owned(folder: Path, what: str = "folder") -> None:
             "--force. Choose another path, or empty it yourself"
         )
     shutil.rmtree(folder)
+
+
+def check_replaceable(folder: Path, what: str, force: bool) -> None:
+    """Raise unless ``folder`` may be written: it does not exist, is empty, or (with ``force``) was
+    made by brainvq. Called before any work, so a refusal loses nothing."""
+    folder = Path(folder)
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return
+    if not force:
+        raise BrainVQError(f"{folder}: output folder exists; pass --force to replace it")
+    if not folder.is_dir():
+        raise BrainVQError(f"{folder}: is a file, not a {what}; refusing to delete it")
+    if not is_owned(folder):
+        raise BrainVQError(
+            f"{folder}: not a {what} that brainvq made (no {MARKER} marker); refusing to delete it with "
+            "--force. Choose another path, or empty it yourself"
+        )
+
+
+def swap_in(built: Path, out: Path) -> None:
+    """Put the finished folder ``built`` at ``out``; an old ``out`` (checked by :func:`check_replaceable`)
+    is moved aside first and deleted only once the new one is in place."""
+    out = Path(out)
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(built, out)
+    if old is not None:
+        shutil.rmtree(old)

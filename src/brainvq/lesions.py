@@ -18,7 +18,6 @@ Everything depends only on (seed, subject, slice), so the same seed writes the s
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -29,7 +28,7 @@ from PIL import Image
 
 from brainvq.data import SliceRecord, image_dir, image_name, load_split, mask_dir, read_mask, read_png
 from brainvq.errors import DataError
-from brainvq.files import mark_owned, remove_owned
+from brainvq.files import check_replaceable, mark_owned, swap_in
 
 
 def lesion_dir(root: Path, split: str) -> Path:
@@ -106,19 +105,16 @@ def make_lesions(
     if not 0 < fraction <= 1:
         raise DataError(f"--fraction must be in (0, 1], got {fraction}")
     out = Path(out)
-    if out.exists() and not force:
-        raise DataError(f"{out}: output folder exists; pass --force to replace it")
+    check_replaceable(out, "lesion dataset", force)
     dataset = load_split(data, split, in_memory=False)
     if any(r.subject < 0 for r in dataset.records):
         raise DataError(f"{data}: lesions need the OASIS layout (case_NNN_slice_K names)")
-    if force and out.exists():
-        remove_owned(out, "lesion dataset")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         record = _write(dataset.records, split, tmp, seed, fraction)
         mark_owned(tmp, "lesions")
-        os.replace(tmp, out)
+        swap_in(tmp, out)  # the old copy goes only once the new one is complete
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

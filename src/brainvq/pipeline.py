@@ -18,7 +18,15 @@ from PIL import Image
 
 from brainvq.codes import CodeMaps, check_image_size, decode_levels, encode_dataset, encode_levels
 from brainvq.config import Config
-from brainvq.data import SliceDataset, available_splits, check_data_root, is_oasis_root, load_split, scan_split
+from brainvq.data import (
+    SliceDataset,
+    available_splits,
+    check_data_root,
+    check_no_leak,
+    is_oasis_root,
+    load_split,
+    scan_split,
+)
 from brainvq.devices import (
     autocast_dtype,
     barrier,
@@ -378,10 +386,6 @@ def run_pipeline(
     if config.data.root is None:
         raise RunError("pipeline needs --data")
     check_data_root(config.data.root)
-    if force and run.root.exists() and is_main_process():
-        remove_owned(run.root, "brainvq run")
-    if is_main_process():
-        run.claim()
     data_root = config.data.root
     priors = ["prior"] + (["top_prior"] if config.model.levels == 2 else [])
     conditioned = [name for name in priors if getattr(config, name).condition_on_slice]
@@ -393,6 +397,13 @@ def run_pipeline(
             f"{' '.join(f'--set {name}.condition_on_slice=false' for name in conditioned)} (or use the OASIS layout)"
         )
     splits = available_splits(Path(data_root)) if is_oasis_root(Path(data_root)) else [config.data.train_split]
+    check_no_leak(data_root)
+    load_split(data_root, config.data.train_split, in_memory=False)  # names, layout, the first image
+    # everything checked: only now may --force replace the old run
+    if force and run.root.exists() and is_main_process():
+        remove_owned(run.root, "brainvq run")
+    if is_main_process():
+        run.claim()
     eval_splits = [s for s in (config.data.val_split, "test") if s and s in splits]
     summary: dict[str, Any] = {"run": str(run.root)}
     started = time.perf_counter()

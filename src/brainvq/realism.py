@@ -31,7 +31,6 @@ against the same split skips both.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import warnings
 from collections.abc import Callable
@@ -45,7 +44,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from brainvq.data import IMAGE_RE, SliceDataset, SliceRecord, iterate_batches, load_split
+from brainvq.data import SliceDataset, iterate_batches, load_split, record_slice
 from brainvq.errors import DataError
 from brainvq.files import atomic_save_figure, atomic_torch_save, atomic_write_json
 from brainvq.judge import LoadedJudge, judge_images, score_dataset, tissue_fractions
@@ -105,25 +104,8 @@ def folder_set(folder: str | Path, name: str = "samples") -> ImageSet:
     """Any folder of PNGs. With a ``samples.json`` (written by ``brainvq sample``) only the images it
     lists (not ``grid.png``), with the slices they were drawn for; otherwise every PNG, with slice
     indices from OASIS file names (``case_NNN_slice_K``) where they have them."""
-    folder = Path(folder)
-    record = folder / "samples.json"
-    if record.is_file():
-        data = json.loads(record.read_text())
-        names = [Path(p).name for p in data.get("images", [])]
-        requested = dict(zip(names, data.get("slices") or [], strict=False))
-        for path in (folder / n for n in names):
-            if not path.is_file():
-                raise DataError(f"{path}: listed in {record} but missing")
-        if not names:
-            raise DataError(f"{record}: lists no images")
-        dataset = SliceDataset([SliceRecord(folder / n, "all") for n in names], in_memory=False)
-        slices = torch.tensor([int(requested.get(n, -1)) for n in names], dtype=torch.long)
-    else:
-        dataset = load_split(folder, "all", in_memory=False)
-        slices = torch.tensor(
-            [int(m.group(2)) if (m := IMAGE_RE.match(r.path.name)) else -1 for r in dataset.records],
-            dtype=torch.long,
-        )
+    dataset = load_split(folder, "all", in_memory=False)
+    slices = torch.tensor([record_slice(r) for r in dataset.records], dtype=torch.long)
     return ImageSet(name, dataset_pixels(dataset), slices if bool((slices >= 0).any()) else None)
 
 

@@ -14,6 +14,7 @@ from brainvq.config import (
     apply_overrides,
     config_from_dict,
     load_config,
+    merge_dicts,
     save_config,
 )
 from brainvq.data import SliceDataset, check_no_leak, load_split
@@ -60,7 +61,7 @@ def resumed_config(
     saved = config_from_checkpoint(path)
     data = saved.to_dict()
     if config_file is not None:
-        data = _merge(data, _yaml_sections(config_file))
+        data = merge_dicts(data, _yaml_sections(config_file))
     config = apply_overrides(config_from_dict(data), list(overrides))
     before, after = _flatten(saved.to_dict()), _flatten(config.to_dict())
     changed = [f"{key}: {before[key]!r} -> {after[key]!r}" for key in after if after[key] != before.get(key)]
@@ -75,13 +76,6 @@ def _yaml_sections(path: str | Path) -> dict[str, Any]:
 
     load_config(path)  # validates the file, with errors that name it
     return dict(yaml.safe_load(Path(path).read_text()) or {})
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and key in merged else value
-    return merged
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from brainvq.data import image_dir, image_name, mask_dir, mask_name
 from brainvq.errors import DataError
-from brainvq.files import mark_owned, remove_owned
+from brainvq.files import check_replaceable, mark_owned, swap_in
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".mgz")
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -166,8 +166,10 @@ def split_subjects(subjects: Sequence[int], fractions: Sequence[float], seed: in
     counts = [round(f * n) for f in fractions[1:]]
     counts = [max(1, c) if f > 0 and n >= 3 else c for c, f in zip(counts, fractions[1:], strict=True)]
     num_val, num_test = counts
+    if fractions[0] == 0:  # an empty split is legitimate (--splits 0,0,1: every subject to test)
+        num_test = n - num_val
     num_train = n - num_val - num_test
-    if num_train < 1:
+    if num_train < (1 if fractions[0] > 0 else 0) or num_test < 0:
         raise DataError(f"{n} subjects are too few for the splits {list(fractions)}")
     names = ["train"] * num_train + ["validate"] * num_val + ["test"] * num_test
     return dict(zip(shuffled, names, strict=True))
@@ -376,6 +378,15 @@ def plan_jobs(
         label_volumes = assign_subjects(find_volumes(labels_dir), Path(labels_dir), subject_pattern, csv_map)
         for subject in sorted(set(label_volumes) - set(volumes)):
             raise DataError(f"{label_volumes[subject]}: label volume of subject {subject}, who has no image")
+        unlabelled = sorted(set(volumes) - set(label_volumes))
+        if unlabelled:  # a split with masks for only some images is refused by train-vqvae
+            shown = ", ".join(str(subject) for subject in unlabelled[:10]) + (
+                " ..." if len(unlabelled) > 10 else ""
+            )
+            raise DataError(
+                f"{labels_dir}: no label volume for {len(unlabelled)} of {len(volumes)} subjects ({shown}); "
+                "give labels for every subject, or none (drop --labels)"
+            )
     splits = split_subjects(list(volumes), fractions, seed)
     return [VolumeJob(volumes[s], s, splits[s], label_volumes.get(s)) for s in sorted(volumes)]
 
@@ -401,8 +412,7 @@ def slice_volumes(
     options = options or SliceOptions()
     options.check()
     out = Path(out)
-    if out.exists() and not force:
-        raise DataError(f"{out}: output folder exists; pass --force to replace it")
+    check_replaceable(out, "sliced dataset", force)  # refuses a folder brainvq did not make, before any work
     jobs = plan_jobs(
         Path(in_dir),
         labels_dir=Path(labels_dir) if labels_dir is not None else None,
@@ -411,15 +421,13 @@ def slice_volumes(
         fractions=fractions,
         seed=seed,
     )
-    if force and out.exists():
-        remove_owned(out, "sliced dataset")  # before any work is lost: refuses a folder brainvq did not make
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         rows = _run_jobs(jobs, options, tmp, workers, progress)
         _write_manifest(tmp / "manifest.csv", rows)
         mark_owned(tmp, "slices")
-        os.replace(tmp, out)
+        swap_in(tmp, out)  # the old dataset goes only once the new one is complete
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
