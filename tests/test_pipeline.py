@@ -341,7 +341,7 @@ def test_pipeline_force_checks_the_data_before_it_deletes_the_run(
                 "--run",
                 str(run),
                 "--force",
-                *sum((["--set", s] for s in TINY), []),
+                *[part for s in TINY for part in ("--set", s)],
             ]
         )
         == 2
@@ -374,3 +374,23 @@ def test_every_folder_command_reads_what_sample_writes(
     assert main(["complete", "--run", str(finished_run), "--image", str(samples / "grid.png"),
                  "--keep-rows", "4", "--n", "1", "--out", str(tmp_path / "complete")]) == 2  # fmt: skip
     assert "grid.png: not one of the folder's slices" in capsys.readouterr().err
+
+
+def test_the_report_shows_the_realism_figures_of_every_setting(
+    finished_run: Path, trained_judge: Path, judge_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scores drawn at other settings keep their figures under figures/realism<suffix>/; the report
+    shows them beside their table (issue 35, item 10)."""
+    from brainvq.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    for path in [*(run / "metrics").glob("realism_*.json"), *(run / "figures").rglob("tissue_fractions.png")]:
+        path.unlink()
+    argv = ["evaluate-samples", "--judge", str(trained_judge), "--real", str(judge_data), "--split", "validate",
+            "--run", str(run), "--n", "4", "--temperature", "0.5"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert (run / "figures" / "realism_T0.5" / "tissue_fractions.png").is_file()
+    html = Path(write_report(run)).read_text()
+    assert html.count("<figcaption>Tissue fractions against slice index") == 1

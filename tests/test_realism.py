@@ -175,3 +175,36 @@ def test_train_copies_are_memorised_fresh_subjects_are_not_and_blur_scores_worse
     assert len(list((trained_judge / "cache").glob("real_*.pt"))) == 1
     assert fresh["reference"]["real"] == copies_scores["reference"]["real"] == blur["reference"]["real"]
     assert fresh["memorisation_threshold_ssim"] == copies_scores["memorisation_threshold_ssim"]
+
+
+@pytest.mark.slow
+def test_too_few_samples_and_re_sliced_training_data(
+    trained_judge: Path, judge_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three samples get one clear line (precision/recall need 4); training data re-written under the
+    same names is judged again rather than served from the cache (issue 35, item 10)."""
+    import os
+
+    from PIL import Image
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted((judge_data / "keras_png_slices_validate").iterdir())[:3]:
+        shutil.copy(path, few / path.name)
+    argv = ["evaluate-samples", "--judge", str(trained_judge), "--real", str(judge_data), "--split", "validate",
+            "--samples", str(few)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "need at least 4 images to score" in err and "Traceback" not in err
+    train = tmp_path / "data"
+    shutil.copytree(judge_data, train)
+    samples = judge_data / "keras_png_slices_test"
+    scored = [*argv[:-2], "--samples", str(samples), "--train", str(train), "--json"]
+    assert main(scored) == 0
+    before = len(list((trained_judge / "cache").glob("train_features_*.pt")))
+    capsys.readouterr()
+    first = sorted((train / "keras_png_slices_train").iterdir())[0]
+    Image.open(first).rotate(90).save(first)  # re-sliced: same name, other pixels
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+    assert main(scored) == 0
+    assert len(list((trained_judge / "cache").glob("train_features_*.pt"))) == before + 1

@@ -266,3 +266,87 @@ def test_weight_average_is_a_plain_mean_then_an_ema() -> None:
         expected = sum(range(1, step + 1)) / step if step <= 5 else 0.8 * expected + 0.2 * step
         assert average.module.weight.item() == pytest.approx(expected), step
     assert expected == pytest.approx(0.8**3 * 3 + 0.2 * (0.8**2 * 6 + 0.8 * 7 + 8))
+
+
+def _fp16_fabric() -> Any:
+    """16-mixed with a real gradient scaler, on the CPU (the connector would turn a plain
+    `precision="16-mixed"` into bf16 there; GPUs without bf16 get exactly this plugin)."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.plugins.precision import MixedPrecision
+
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**20))
+    return Fabric(accelerator="cpu", devices=1, plugins=[plugin])
+
+
+def _fp16_steps(config: Config, run: Path, steps: int, resume: bool) -> None:
+    config = apply_overrides(config, [f"train.max_steps={steps}", "fabric.precision=16-mixed"])
+    train_set, val_set = load_split(config.data.root, "train", limit_images=32), None
+    if not resume:
+        RunDir(run).prepare_stage("vqvae", resume=False, force=False)
+    Engine(VQVAETask(config, config.train, train_set, val_set), _fp16_fabric(), RunDir(run), resume=resume,
+           progress=False).fit()  # fmt: skip
+
+
+def test_16_mixed_resume_restores_the_gradient_scaler(tiny_config: Config, tmp_path: Path) -> None:
+    """The GradScaler's scale and growth tracker are saved and restored, so a 16-mixed resume is
+    exact (issue 35, item 8)."""
+    config = apply_overrides(tiny_config, ["train.batch_size=4", "train.epochs=null"])
+    _fp16_steps(config, tmp_path / "straight", 8, resume=False)
+    _fp16_steps(config, tmp_path / "resumed", 4, resume=False)
+    _fp16_steps(config, tmp_path / "resumed", 8, resume=True)
+    straight, resumed = _state(tmp_path / "straight"), _state(tmp_path / "resumed")
+    assert straight["precision"]["scale"] < 2.0**20  # the scaler did back off: its state matters
+    assert straight["precision"] == resumed["precision"]
+    assert [k for k, v in straight["model"].items() if not torch.equal(v, resumed["model"][k])] == []
+
+
+def _failing_save_worker(fabric: Any, config: Config, run_root: str) -> dict[str, Any]:
+    """Rank 0 cannot write its checkpoint (the path is taken by a folder); rank 1 must not wait for it."""
+    train_set = load_split(config.data.root, "train", limit_images=32)
+    engine = Engine(VQVAETask(config, config.train, train_set, None), fabric, RunDir(run_root), resume=False,
+                    progress=False)  # fmt: skip
+    try:
+        engine.fit()
+    except TrainingError as error:
+        end_process_group()
+        return {"error": str(error), "step": engine.state.step}
+    end_process_group()
+    return {"error": "", "step": engine.state.step}
+
+
+@pytest.mark.slow
+def test_a_failed_write_on_rank_zero_stops_every_rank(
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from lightning.fabric import Fabric
+    from lightning.fabric.strategies import DDPStrategy
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    config = apply_overrides(
+        tiny_config, ["train.max_steps=12", "train.batch_size=4", "train.checkpoint_every_steps=2"]
+    )
+    run = RunDir(tmp_path / "run")
+    run.prepare_stage("vqvae", resume=False, force=False)
+    run.checkpoint("vqvae", "last").mkdir()  # the rename onto it fails on rank 0 alone
+    strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=20))
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy, precision="32-true")
+    result = fabric.launch(_failing_save_worker, config, str(run.root))
+    assert "could not write the last checkpoint" in result["error"] and result["step"] == 2
+
+
+def test_image_sides_the_encoder_cannot_halve_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Sides not divisible by the downsampling factor: one line naming a file (issue 35, item 10)."""
+    from brainvq.cli import main
+    from brainvq.phantom import make_phantom
+
+    make_phantom(tmp_path / "data", num_subjects=3, seed=0, size=66, num_slices=4)
+    argv = ["train-vqvae", "--data", str(tmp_path / "data"), "--run", str(tmp_path / "run"), "--max-steps", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "images are 66x66, but this model needs sides divisible by 16" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

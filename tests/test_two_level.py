@@ -256,3 +256,21 @@ def test_resume_after_a_stop_during_the_top_prior_starts_the_bottom_one(
     top, bottom = (load_checkpoint(RunDir(run).checkpoint(stage, "last")) for stage in ("prior_top", "prior"))
     assert (top["loop"]["step"], bottom["loop"]["step"]) == (5, 5)
     assert bottom["config"]["prior"]["context_channels"] == 8  # the run's own config, not the defaults
+
+
+def test_sampling_settings_come_from_the_runs_config(two_level_run: Path, tmp_path: Path) -> None:
+    """One source for sampling settings: RUN/config.yaml (which train-prior --set writes, and a user
+    may edit), not the VQ-VAE checkpoint's frozen copy; samples.json shows what was used (issue 35, item 7)."""
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(two_level_run, run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["sample"].update({"top_map_temperature": 0.5, "top_p": 0.9})
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    drawn = cli("sample", "--run", str(run), "--n", "2", "--out", str(tmp_path / "s"), "--device", "cpu")
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    record = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert (record["top_map_temperature"], record["top_p"]) == (0.5, 0.9)
+    assert record["sampling_config"] == str(run / "config.yaml")
+    assert brainvq.load_run(run, device="cpu").config.sample.top_map_temperature == 0.5

@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from brainvq.devices import (
     resolve_accelerator,
     resolve_precision,
 )
-from brainvq.errors import RunError, TrainingError
+from brainvq.errors import BrainVQError, RunError, TrainingError
 from brainvq.runs import RunDir, atomic_torch_save, atomic_write_json, load_checkpoint
 
 CHECKPOINT_FORMAT = "brainvq-checkpoint-v1"
@@ -429,8 +429,11 @@ class Engine:
         metrics.update(self._validate())
         state.history.append(metrics)
         self.fabric.log_dict({f"epoch/{k}": v for k, v in metrics.items()}, step=state.step)
-        self.task.on_validated(
-            self.evaluated_model(), self.fabric, self.run, state.epoch if not partial else state.epoch + 1
+        self._agreed(
+            lambda: self.task.on_validated(
+                self.evaluated_model(), self.fabric, self.run, state.epoch if not partial else state.epoch + 1
+            ),
+            "a snapshot",
         )
         value = metrics.get(self.task.best_metric)
         if value is not None and math.isfinite(value):
@@ -440,16 +443,39 @@ class Engine:
             if better:
                 state.best = value
                 self._save("best")
-        if self.fabric.is_global_zero:
-            atomic_write_json(
-                self.run.metrics / f"{self.task.stage}_history.json",
-                {"epochs": state.history, "steps": state.step_log},
-            )
+        history = self.run.metrics / f"{self.task.stage}_history.json"
+        self._agreed(
+            lambda: (
+                atomic_write_json(history, {"epochs": state.history, "steps": state.step_log})
+                if self.fabric.is_global_zero
+                else None
+            ),
+            str(history),
+        )
         if self.progress and self.fabric.is_global_zero:
             shown = {k: round(v, 4) for k, v in metrics.items() if k not in ("partial_epoch",)}
             tqdm.write(f"[{self.task.stage}] {shown}")
 
+    def _agreed(self, action: Callable[[], None], what: str) -> None:
+        """Run work that only rank 0 does (writing checkpoints, snapshots, history) on every rank, and
+        agree on whether it failed: a full disk or a refused save on rank 0 stops every rank, instead of
+        leaving the others waiting in the next all-reduce. An OSError becomes one clear line."""
+        error: Exception | None = None
+        try:
+            action()
+        except (BrainVQError, OSError) as caught:
+            error = caught
+        if self._agree(int(error is not None)):
+            if isinstance(error, BrainVQError):
+                raise error
+            if error is not None:
+                raise TrainingError(f"{self.task.stage}: could not write {what} ({error})") from None
+            raise TrainingError(f"{self.task.stage}: rank 0 could not write {what}; every rank stopped with it")
+
     def _save(self, which: str) -> None:
+        self._agreed(lambda: self._write_checkpoint(which), f"the {which} checkpoint")
+
+    def _write_checkpoint(self, which: str) -> None:
         if not self.fabric.is_global_zero:
             return
         weights = self.evaluated_model().state_dict()
@@ -468,6 +494,7 @@ class Engine:
             "scheduler": self.scheduler.state_dict(),
             "loop": asdict(self.state),
             "task": self.task.state_dict(),
+            "precision": self.fabric.strategy.precision.state_dict(),  # the 16-mixed gradient scaler's state
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

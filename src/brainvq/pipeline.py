@@ -249,6 +249,7 @@ def sample_run(
         "seconds_per_image": result.seconds / n,
         "sampler": sampler,
         "seed": seed,
+        "sampling_config": str(loaded.root.config) if loaded.root.config.is_file() else "checkpoints",
         **result.sampling._asdict(),  # temperature, top_p, top_map_temperature, top_map_top_p, background_check
         "redrawn_top_maps": result.redrawn_top_maps,
         "unresolved_top_maps": result.unresolved_top_maps,
@@ -454,9 +455,7 @@ def run_pipeline(
         lambda: sample_run(
             run.root,
             samples,
-            seed=config.sample.seed,
-            temperature=config.sample.temperature,
-            top_p=config.sample.top_p,
+            seed=config.sample.seed,  # temperatures and nuclei: the run's config.yaml (load_run)
             batch_size=config.sample.batch_size,
             sampler=config.sample.sampler,
             device=device,

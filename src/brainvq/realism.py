@@ -381,8 +381,14 @@ def build_reference(
     return reference, set_a, part(in_a), (nn_real[in_a], nn_index[in_a])
 
 
+def file_stamps(dataset: SliceDataset) -> list[str]:
+    """Each file's path, size and modification time: what a cache of features is keyed by, so
+    re-sliced data under the same names is judged again, not served stale features."""
+    return [f"{r.path}:{r.path.stat().st_size}:{r.path.stat().st_mtime_ns}" for r in dataset.records]
+
+
 def _train_features(judge: LoadedJudge, train: SliceDataset, cache: Path | None) -> torch.Tensor:
-    key = hashlib.sha256("\n".join([judge.hash, *(str(r.path) for r in train.records)]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([judge.hash, *file_stamps(train)]).encode()).hexdigest()[:16]
     path = cache / f"train_features_{key}.pt" if cache is not None else None
     if path is not None and path.is_file():
         return torch.load(path, weights_only=True)
@@ -410,9 +416,8 @@ def judged_real(
 ) -> JudgedReal:
     """The judge's view of the whole real split and each slice's nearest training image (SSIM, index):
     the same for every set scored against this split, so cached by the judge, the real files (path,
-    size, modification time) and the training files."""
-    stamps = [f"{r.path}:{r.path.stat().st_size}:{r.path.stat().st_mtime_ns}" for r in real.records]
-    key_text = "\n".join([judge.hash, *stamps, "train", *(str(r.path) for r in train.records)])
+    size, modification time) and the training files (likewise)."""
+    key_text = "\n".join([judge.hash, *file_stamps(real), "train", *file_stamps(train)])
     path = cache / f"real_{hashlib.sha256(key_text.encode()).hexdigest()[:16]}.pt" if cache is not None else None
     if path is not None and path.is_file():
         saved = torch.load(path, weights_only=True)
@@ -441,8 +446,11 @@ def evaluate_samples(
 
     ``reconstruct`` maps the real half-A slices to a model's reconstructions of them (the
     ``reconstruction`` reference); :func:`vqvae_reconstructor` makes one from a run."""
-    if len(samples) < 2:
-        raise DataError(f"{samples.name}: need at least 2 images to score, got {len(samples)}")
+    if len(samples) < KNN + 1:
+        raise DataError(
+            f"{samples.name}: need at least {KNN + 1} images to score (precision and recall use each image's "
+            f"{KNN} nearest neighbours), got {len(samples)}"
+        )
     reference, half_a, half_a_judged, half_a_nearest = build_reference(judge, real_root, split, train_root, cache)
     scored = score_set(judge, samples, reference)
     references = {"real": score_set(judge, half_a, reference, half_a_judged, half_a_nearest)}

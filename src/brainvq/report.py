@@ -105,6 +105,19 @@ def _current_hash(run: RunDir) -> str | None:
     return file_hash(stage_checkpoint(run, "vqvae")) if run.has_stage("vqvae") else None
 
 
+def _realism_figures(folder: Path) -> list[str]:
+    parts = []
+    for name, caption in (
+        ("tissue_fractions.png", "Tissue fractions against slice index, real and generated"),
+        ("memorisation_pairs.png", "The samples closest to a training slice"),
+    ):
+        if (folder / name).is_file():
+            parts.append(
+                f'<figure><img src="{_embed(folder / name)}" alt="{caption}"><figcaption>{caption}</figcaption></figure>'
+            )
+    return parts
+
+
 def _realism(run: RunDir) -> str:
     parts = []
     for path in sorted(run.metrics.glob("realism_*.json")):
@@ -122,14 +135,8 @@ def _realism(run: RunDir) -> str:
             f"<code>{html.escape(data['real'])}</code>, judge <code>{data['judge_hash']}</code>. "
             f"{html.escape(data['note'])}.</p><table><tr><th>set</th>{head}</tr>{rows}</table>"
         )
-    for name, caption in (
-        ("tissue_fractions.png", "Tissue fractions against slice index, real and generated"),
-        ("memorisation_pairs.png", "The samples closest to a training slice"),
-    ):
-        if (run.figures / name).is_file():
-            parts.append(
-                f'<figure><img src="{_embed(run.figures / name)}" alt="{caption}"><figcaption>{caption}</figcaption></figure>'
-            )
+        suffix = path.stem[len(f"realism_{data['split']}") :]  # evaluate-samples' folder for these settings
+        parts += _realism_figures(run.figures / f"realism{suffix}" if suffix else run.figures)
     return "".join(parts) or "<p>Not measured yet (run <code>brainvq evaluate-samples --run RUN</code>).</p>"
 
 

@@ -258,12 +258,21 @@ def load_run(path: str | Path, device: str | torch.device = "auto") -> LoadedRun
     top_prior, top_hash, top_problem = None, None, None
     if config.model.levels == 2:
         top_prior, top_hash, top_problem = _load_prior(run, "prior_top", config, vqvae_hash, device)
+    config.sample = sampling_config(run, config)
     if config.fabric.channels_last:
         vqvae = vqvae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return LoadedRun(
         run, config, vqvae.to(device).eval(), prior, image_size, vqvae_hash, prior_hash, prior_problem, device,
         top_prior, top_hash, top_problem,
     )  # fmt: skip
+
+
+def sampling_config(run: RunDir, config: Any) -> Any:
+    """The run's sampling settings, from one source: ``RUN/config.yaml`` (which every training stage
+    writes, ``--set sample.*`` included, and which a user may edit), else the checkpoints' config."""
+    from brainvq.config import load_config
+
+    return load_config(run.config).sample if run.config.is_file() else config.sample
 
 
 def _load_prior(

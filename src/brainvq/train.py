@@ -127,7 +127,20 @@ def _load_training_data(config: Config) -> tuple[SliceDataset, SliceDataset | No
                 f"{val_set.records[0].path}: validate images are {val_set.image_size}, "
                 f"train images are {train_set.image_size}"
             )
+    _check_divisible(config, train_set)
     return train_set, val_set
+
+
+def _check_divisible(config: Config, train_set: SliceDataset) -> None:
+    """The encoder halves the image log2(factor) times: both sides must divide by the factor."""
+    factor = config.model.downsample * (config.model.top_downsample if config.model.levels == 2 else 1)
+    height, width = train_set.image_size
+    if height % factor or width % factor:
+        raise DataError(
+            f"{train_set.records[0].path}: images are {width}x{height}, but this model needs sides divisible by "
+            f"{factor} (model.downsample{' x model.top_downsample' if config.model.levels == 2 else ''}); "
+            f"pad or resize them (slice-volumes --size), e.g. to {width // factor * factor + factor}"
+        )
 
 
 def train_vqvae(
