@@ -23,7 +23,7 @@ import time
 import torch
 
 from brainvq.config import Config, ModelConfig, PriorConfig
-from brainvq.models import VQVAE, TwoLevelCodes, build_prior, build_vqvae
+from brainvq.models import VQVAE, Codes, build_prior, build_vqvae
 from brainvq.models.pixelcnn import StagedPrior
 from brainvq.sample import RowCache, draw, sample_codes
 
@@ -55,7 +55,7 @@ def fast_seconds(prior: torch.nn.Module, batch: int, size: int, condition: torch
 
 def decode_seconds(batch: int, size: int) -> float:
     vqvae = VQVAE(ModelConfig()).eval()
-    codes = torch.randint(0, 512, (batch, size, size))
+    codes = Codes(torch.randint(0, 512, (batch, size, size)))
     vqvae.decode(codes)
     started = time.perf_counter()
     vqvae.decode(codes)
@@ -105,7 +105,7 @@ def two_level_preset(batch: int, rows: int) -> None:
     codes = sample_codes(bottom, batch, (64, 64), generator=0, condition=condition, context=top, top_p=0.7)
     bottom_done = time.perf_counter()
     with torch.no_grad():
-        vqvae.decode(TwoLevelCodes(top=top, bottom=codes))  # type: ignore[arg-type]
+        vqvae.decode(Codes(bottom=codes, top=top))
     decoded = time.perf_counter()
     top_seconds, bottom_seconds, decode_seconds = top_done - started, bottom_done - top_done, decoded - bottom_done
     total = decoded - started

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from brainvq.config import PriorConfig
-from brainvq.models.pixelcnn import build_prior
+from brainvq.models.priors import build_prior
 from brainvq.sample import NUCLEUS_FIRST, RowCache, draw, nucleus, sample_codes, slice_conditions, window_logits
 
 

@@ -287,6 +287,7 @@ def _fp16_steps(config: Config, run: Path, steps: int, resume: bool) -> None:
            progress=False).fit()  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
 def test_16_mixed_resume_restores_the_gradient_scaler(tiny_config: Config, tmp_path: Path) -> None:
     """The GradScaler's scale and growth tracker are saved and restored, so a 16-mixed resume is
     exact (issue 35, item 8)."""

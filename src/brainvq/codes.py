@@ -16,7 +16,7 @@ import torch
 from brainvq.data import SliceDataset, iterate_batches
 from brainvq.devices import autocast_context
 from brainvq.errors import DataError, RunError
-from brainvq.models.vqvae import AnyVQVAE, TwoLevelCodes, TwoLevelVQVAE
+from brainvq.models.vqvae import AnyVQVAE, Codes
 from brainvq.runs import atomic_torch_save
 
 
@@ -109,19 +109,15 @@ class CodeMaps:
 
 def encode_levels(model: AnyVQVAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(bottom, top) code maps of ``images``; ``top`` is None for a one-level VQ-VAE."""
-    if isinstance(model, TwoLevelVQVAE):
-        codes = model.encode(images)
-        return codes.bottom, codes.top
-    return model.encode(images), None
+    codes = model.encode(images)
+    return codes.bottom, codes.top
 
 
 def decode_levels(model: AnyVQVAE, bottom: torch.Tensor, top: torch.Tensor | None = None) -> torch.Tensor:
     """Images (B, 1, H, W) in [0, 1] from the bottom map and, for a two-level VQ-VAE, the top map."""
-    if isinstance(model, TwoLevelVQVAE):
-        if top is None:
-            raise RunError("this VQ-VAE has two levels: decoding needs the top code map too")
-        return model.decode(TwoLevelCodes(top.long(), bottom.long()))
-    return model.decode(bottom.long())
+    if model.num_levels == 2 and top is None:
+        raise RunError("this VQ-VAE has two levels: decoding needs the top code map too")
+    return model.decode(Codes(bottom.long(), top.long() if top is not None else None))
 
 
 @torch.no_grad()
@@ -189,7 +185,7 @@ def encode_dataset(
         chunks.append(bottom.to(code_dtype).cpu())
         if top is not None:
             top_chunks.append(top.to(code_dtype).cpu())
-    two_levels = isinstance(model, TwoLevelVQVAE)
+    two_levels = model.num_levels == 2
     return CodeMaps(
         top_indices=torch.cat(top_chunks) if top_chunks else None,
         top_num_embeddings=model.config.top_num_embeddings if two_levels else None,

@@ -39,7 +39,8 @@ from brainvq.codes import decode_in_batches, slice_condition
 from brainvq.config import SampleConfig, sampling_problem
 from brainvq.devices import resolve_device
 from brainvq.errors import RunError
-from brainvq.models.pixelcnn import Extra, Prior, StagedPrior, State
+from brainvq.models.pixelcnn import Extra, StagedPrior, State
+from brainvq.models.priors import Prior
 from brainvq.models.transformer import TransformerPrior
 
 

@@ -33,7 +33,7 @@ from brainvq.metrics import (
     evaluate_reconstructions,
     ssim_per_image,
 )
-from brainvq.models.pixelcnn import build_prior
+from brainvq.models.priors import build_prior
 from brainvq.models.vqvae import build_vqvae
 from brainvq.runs import RunDir, atomic_torch_save
 

@@ -3,7 +3,7 @@ import torch
 
 from brainvq.config import PriorConfig
 from brainvq.models.layers import causal_mask
-from brainvq.models.pixelcnn import build_prior
+from brainvq.models.priors import build_prior
 
 SIZE = 9
 

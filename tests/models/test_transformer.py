@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from brainvq.config import PriorConfig
-from brainvq.models.pixelcnn import build_prior
+from brainvq.models.priors import build_prior
 from brainvq.models.transformer import TransformerPrior
 
 SIZE = 6

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from brainvq.config import JudgeConfig
+from brainvq.models.settings import JudgeConfig
 
 
 class JudgeOutput(NamedTuple):

@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainvq.config import PriorConfig
 from brainvq.models.layers import ConditionalBias, MaskedConv2d
-from brainvq.models.transformer import TransformerPrior
+from brainvq.models.settings import PriorConfig
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -335,17 +334,3 @@ class GatedPixelCNN(StagedPrior):
 
 def _context_channels(config: PriorConfig) -> int | None:
     return config.context_channels if config.context_num_embeddings else None
-
-
-Prior = PixelCNN | GatedPixelCNN | TransformerPrior
-
-
-def build_prior(config: PriorConfig, num_embeddings: int) -> Prior:
-    """The prior named by ``config.arch`` (``pixelcnn``, ``gated`` or ``transformer``)."""
-    if config.arch == "pixelcnn":
-        return PixelCNN(config, num_embeddings)
-    if config.arch == "gated":
-        return GatedPixelCNN(config, num_embeddings)
-    if config.arch == "transformer":
-        return TransformerPrior(config, num_embeddings)
-    raise ValueError(f"prior.arch must be 'pixelcnn', 'gated' or 'transformer', got {config.arch!r}")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainvq.config import PriorConfig
+from brainvq.models.settings import PriorConfig
 
 
 @dataclass

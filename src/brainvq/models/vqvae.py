@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainvq.config import ModelConfig
 from brainvq.models.layers import ResidualStack
 from brainvq.models.quantizer import VectorQuantizer
+from brainvq.models.settings import ModelConfig
 
 
 class VQVAEOutput(NamedTuple):
@@ -60,11 +60,12 @@ class VQVAEOutput(NamedTuple):
     kept: torch.Tensor | None = None  # (B,) bool: the decoder saw the image's bottom codes (False: dropped)
 
 
-class TwoLevelCodes(NamedTuple):
-    """The code maps of a two-level VQ-VAE: ``top`` (B, h/t, w/t) and ``bottom`` (B, h, w), int64."""
+class Codes(NamedTuple):
+    """What ``encode`` returns and ``decode`` takes, for one level or two: the ``bottom`` map (B, h, w)
+    and, for a two-level model, the ``top`` map (B, h/t, w/t); int64. ``top`` is None for one level."""
 
-    top: torch.Tensor
     bottom: torch.Tensor
+    top: torch.Tensor | None = None
 
 
 def _num_stages(downsample: int) -> int:
@@ -150,14 +151,14 @@ class VQVAE(nn.Module):
         return decoded.clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Code indices (B, h, w) int64 for images (B, 1, H, W) in [0, 1]."""
-        return _nearest(self.quantizer, self.encoder(x))
+    def encode(self, x: torch.Tensor) -> Codes:
+        """The code map (``bottom``: (B, h, w) int64) of images (B, 1, H, W) in [0, 1]."""
+        return Codes(_nearest(self.quantizer, self.encoder(x)))
 
     @torch.no_grad()
-    def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """Images (B, 1, H, W) in [0, 1] for code indices (B, h, w)."""
-        quantized = self.quantizer.lookup(indices)
+    def decode(self, codes: Codes) -> torch.Tensor:
+        """Images (B, 1, H, W) in [0, 1] for :class:`Codes` (their ``bottom`` map, (B, h, w))."""
+        quantized = self.quantizer.lookup(codes.bottom)
         dtype = next(self.decoder.parameters()).dtype
         return self._to_image(self.decoder(quantized.to(dtype)))
 
@@ -244,7 +245,7 @@ class Upsample(nn.Module):
 class TwoLevelVQVAE(nn.Module):
     """VQ-VAE-2 (Razavi et al. 2019) with a bottom and a top code map; see the module docstring.
 
-    ``encode`` returns :class:`TwoLevelCodes`; ``decode`` takes them back. The VQ loss is the sum of
+    ``encode`` returns :class:`Codes` with both maps; ``decode`` takes them back. The VQ loss is the sum of
     both levels' losses; ``indices``/``counts``/``perplexity`` of the output are the bottom level's.
     """
 
@@ -314,17 +315,19 @@ class TwoLevelVQVAE(nn.Module):
         return decoded.clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> TwoLevelCodes:
+    def encode(self, x: torch.Tensor) -> Codes:
         """Top (B, h/t, w/t) and bottom (B, h, w) code indices for images (B, 1, H, W) in [0, 1]."""
         features = self.encoder.features(x)
         top = _nearest(self.top_quantizer, self.top_encoder(features))
         top_vectors = self.top_quantizer.lookup(top).to(features.dtype)
         guided = torch.cat([features, self.top_decoder(top_vectors)], 1)  # (B, hid+D, h, w)
-        return TwoLevelCodes(top, _nearest(self.quantizer, self.encoder.project(guided)))
+        return Codes(_nearest(self.quantizer, self.encoder.project(guided)), top)
 
     @torch.no_grad()
-    def decode(self, codes: TwoLevelCodes) -> torch.Tensor:
-        """Images (B, 1, H, W) in [0, 1] for :class:`TwoLevelCodes` (top, bottom)."""
+    def decode(self, codes: Codes) -> torch.Tensor:
+        """Images (B, 1, H, W) in [0, 1] for :class:`Codes` (bottom and top maps)."""
+        if codes.top is None:
+            raise ValueError("this VQ-VAE has two levels: decoding needs the top code map too")
         return self._decode_vectors(self.top_quantizer.lookup(codes.top), self.quantizer.lookup(codes.bottom))
 
     @torch.no_grad()
