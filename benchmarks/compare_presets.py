@@ -40,8 +40,8 @@ from statistics import mean
 from typing import Any
 
 from brainvq.config import load_config
-from brainvq.pipeline import realism_suffix
-from brainvq.sample import resolve_sampling
+from brainvq.sampling import resolve_sampling
+from brainvq.sampling.files import realism_suffix
 
 LOWER = ("fd_judge", "kid_judge", "tissue_error", "slice_error", "memorised_fraction")
 HIGHER = ("precision", "recall")

@@ -40,7 +40,7 @@ from brainvq.realism import (
     to_uint8,
 )  # fmt: skip
 from brainvq.runs import load_run
-from brainvq.sample import resolve_sampling, sample_codes, slice_conditions
+from brainvq.sampling import resolve_sampling, sample_codes, slice_conditions
 
 SHOWN = ("fd_judge", "precision", "recall", "tissue_error", "slice_error", "ms_ssim_diversity")
 

@@ -26,7 +26,7 @@ def _child(kind: str, run: str, data: str, split: str) -> None:
         images = dataset.images(list(range(len(dataset))))  # the old path: whole split as float
         detail = {"images": int(images.shape[0])}
     elif kind == "evaluate":
-        from brainvq.pipeline import evaluate_run
+        from brainvq.evaluation.reconstruction import evaluate_run
 
         result = evaluate_run(run, data, split, batch_size=16)
         detail = {"images": result["images"], "ssim": result["ssim"]}

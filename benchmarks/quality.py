@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from brainvq.config import Config, apply_overrides
-from brainvq.pipeline import evaluate_run
+from brainvq.evaluation.reconstruction import evaluate_run
 from brainvq.train import train_vqvae
 
 VARIANTS = {

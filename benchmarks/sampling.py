@@ -25,7 +25,7 @@ import torch
 from brainvq.config import Config, ModelConfig, PriorConfig
 from brainvq.models import VQVAE, Codes, build_prior, build_vqvae
 from brainvq.models.pixelcnn import StagedPrior
-from brainvq.sample import RowCache, draw, sample_codes
+from brainvq.sampling import RowCache, draw, sample_codes
 
 
 def naive_seconds_per_map(

@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
-from brainvq.background import Background
 from brainvq.codes import CodeMaps
 from brainvq.realism import matching_slices
 from brainvq.runs import load_run
-from brainvq.sample import draw_top_maps, slice_conditions
+from brainvq.sampling import draw_top_maps, slice_conditions
+from brainvq.sampling.background import Background
 
 
 def unchecked_top_maps(

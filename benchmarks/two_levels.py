@@ -36,7 +36,7 @@ from brainvq.data import load_split
 from brainvq.metrics import ssim_per_image
 from brainvq.realism import ImageSet, build_reference, score_set, to_uint8
 from brainvq.runs import load_run
-from brainvq.sample import sample_codes, slice_conditions
+from brainvq.sampling import sample_codes, slice_conditions
 
 
 def pick_slices(slices: torch.Tensor, wanted: torch.Tensor, seed: int) -> torch.Tensor:

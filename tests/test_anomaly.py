@@ -20,7 +20,7 @@ from brainvq.anomaly import (
 from brainvq.config import apply_overrides, load_config
 from brainvq.models import VQVAE, build_prior
 from brainvq.runs import LoadedRun, RunDir
-from brainvq.sample import resample_codes
+from brainvq.sampling import resample_codes
 
 from .conftest import TINY
 

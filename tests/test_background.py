@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from brainvq.background import Background, ring_agreement, ring_mask
 from brainvq.config import PriorConfig
 from brainvq.errors import RunError
 from brainvq.models import build_prior
-from brainvq.sample import draw_top_maps, sample_codes
+from brainvq.sampling import draw_top_maps, sample_codes
+from brainvq.sampling.background import Background, ring_agreement, ring_mask
 
 
 def test_ring_mask_and_the_reference_of_real_maps() -> None:

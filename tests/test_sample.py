@@ -5,7 +5,8 @@ import torch
 
 from brainvq.config import PriorConfig
 from brainvq.models.priors import build_prior
-from brainvq.sample import NUCLEUS_FIRST, RowCache, draw, nucleus, sample_codes, slice_conditions, window_logits
+from brainvq.sampling import RowCache, draw, nucleus, sample_codes, slice_conditions, window_logits
+from brainvq.sampling.draws import NUCLEUS_FIRST
 
 
 def _prior(arch: str, conditioned: bool, size: int = 64) -> torch.nn.Module:
@@ -253,7 +254,7 @@ def test_transformer_cached_sampler_equals_uncached() -> None:
     # completion from a prefix (the cache is fed the kept positions the first time it is asked)
     keep = torch.zeros(3, 8, 8, dtype=torch.bool)
     keep[:, 3:] = True
-    from brainvq.sample import resample_codes
+    from brainvq.sampling import resample_codes
 
     fast = resample_codes(prior, cached, keep, generator=4, condition=kwargs["condition"], sampler="fast")
     naive = resample_codes(prior, cached, keep, generator=4, condition=kwargs["condition"], sampler="naive")
@@ -263,8 +264,8 @@ def test_transformer_cached_sampler_equals_uncached() -> None:
 def test_resolve_sampling_gives_the_top_map_its_own_settings_or_the_bottoms() -> None:
     from brainvq.config import SampleConfig
     from brainvq.errors import RunError
-    from brainvq.pipeline import realism_suffix, sampling_suffix
-    from brainvq.sample import Sampling, describe_sampling, resolve_sampling
+    from brainvq.sampling import Sampling, describe_sampling, resolve_sampling
+    from brainvq.sampling.files import realism_suffix, sampling_suffix
 
     plain = SampleConfig()
     assert resolve_sampling(plain, 1) == Sampling(1.0, 1.0, None, None)

@@ -14,7 +14,7 @@ import torch
 import brainvq
 from brainvq.codes import CodeMaps, decode_levels
 from brainvq.runs import RunDir, load_checkpoint
-from brainvq.sample import Sampling, sample_codes, slice_conditions
+from brainvq.sampling import Sampling, sample_codes, slice_conditions
 
 from .conftest import TINY
 from .test_resume_cli import brainvq as cli

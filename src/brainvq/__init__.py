@@ -11,7 +11,7 @@ Python API::
 
 from brainvq.config import Config, load_config
 from brainvq.runs import LoadedRun, load_run
-from brainvq.sample import SampleResult, sample, sample_codes
+from brainvq.sampling import SampleResult, sample, sample_codes
 
 __version__ = "0.1.0"
 __all__ = [

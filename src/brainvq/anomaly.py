@@ -40,7 +40,7 @@ from brainvq.devices import autocast_context, autocast_dtype, inference_precisio
 from brainvq.errors import RunError
 from brainvq.files import atomic_write_json
 from brainvq.runs import LoadedRun
-from brainvq.sample import resample_codes
+from brainvq.sampling.maps import resample_codes
 
 DEFAULT_QUANTILE = 0.02
 SMOOTHING_SIGMA = 1.5

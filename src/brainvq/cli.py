@@ -233,7 +233,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from brainvq.pipeline import evaluate_run
+    from brainvq.evaluation.reconstruction import evaluate_run
 
     result = evaluate_run(
         args.run, args.data, args.split, batch_size=args.batch_size, device=args.device, precision=args.precision
@@ -248,7 +248,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from brainvq.pipeline import sample_run
+    from brainvq.sampling.files import sample_run
 
     result = sample_run(
         args.run,
@@ -353,10 +353,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     from brainvq.data import available_splits, is_oasis_root
     from brainvq.judge import load_judge
-    from brainvq.pipeline import draw_for_realism, realism_suffix
     from brainvq.realism import evaluate_samples, folder_set, vqvae_reconstructor
     from brainvq.runs import load_run
-    from brainvq.sample import describe_sampling, resolve_sampling
+    from brainvq.sampling import describe_sampling, resolve_sampling
+    from brainvq.sampling.files import draw_for_realism, realism_suffix
 
     if (args.samples is None) == (args.run is None):
         raise BrainVQError("give exactly one of --samples DIR or --run RUN (with --n N)")

@@ -96,10 +96,10 @@ class FabricConfig:
 @dataclass
 class SampleConfig:
     """Ancestral sampling from the prior: ``temperature`` divides the logits, ``top_p`` below 1 draws
-    each code from its nucleus only (Holtzman et al. 2020; :func:`brainvq.sample.nucleus`). In a
+    each code from its nucleus only (Holtzman et al. 2020; :func:`brainvq.sampling.nucleus`). In a
     two-level run these set the bottom map; ``top_map_temperature`` and ``top_map_top_p`` set the
     top map, and follow ``temperature`` and ``top_p`` when None. ``top_map_background_check`` draws
-    again the top maps that have no background around the head (:mod:`brainvq.background`)."""
+    again the top maps that have no background around the head (:mod:`brainvq.sampling.background`)."""
 
     n: int = 16
     batch_size: int = 16

@@ -13,19 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image
-
-from brainvq.codes import CodeMaps, check_image_size, decode_levels, encode_dataset, encode_levels
+from brainvq.codes import check_image_size, encode_dataset
 from brainvq.config import Config
 from brainvq.data import (
-    SliceDataset,
     available_splits,
     check_data_root,
     check_no_leak,
     is_oasis_root,
     load_split,
-    scan_split,
 )
 from brainvq.devices import (
     autocast_dtype,
@@ -33,32 +28,21 @@ from brainvq.devices import (
     inference_precision,
     is_main_process,
     limit_heap_growth,
-    resolve_device,
 )
 from brainvq.errors import RunError
-from brainvq.figures import all_training_figures, image_grid, reconstruction_grid
+from brainvq.evaluation.reconstruction import evaluate_run, open_split
+from brainvq.figures import all_training_figures
 from brainvq.files import remove_owned
-from brainvq.metrics import evaluate_prior, evaluate_reconstructions
-from brainvq.realism import matching_slices
 from brainvq.runs import (
-    LoadedRun,
     RunDir,
-    atomic_save_image,
     atomic_write_json,
     file_hash,
     load_checkpoint,
     load_run,
     stage_checkpoint,
 )
-from brainvq.sample import Sampling, describe_sampling, sample
+from brainvq.sampling.files import sample_run
 from brainvq.train import PRIOR_STAGES, run_prior_levels, train_prior, train_vqvae
-
-
-def _open_split(data_root: str | Path, split: str, *, masks: bool = False) -> SliceDataset:
-    """A split that streams from disk (one batch of images in memory at a time), with masks when asked
-    for and present."""
-    with_masks = masks and scan_split(data_root, split).has_masks
-    return load_split(data_root, split, in_memory=False, with_masks=with_masks)
 
 
 def encode_run(
@@ -77,7 +61,7 @@ def encode_run(
     precision = inference_precision(loaded.device, precision)
     result: dict[str, Any] = {}
     for split in splits:
-        dataset = _open_split(data_root, split)
+        dataset = open_split(data_root, split)
         check_image_size(loaded.vqvae, dataset.image_size, loaded.image_size)
         started = time.perf_counter()
         codes = encode_dataset(
@@ -102,231 +86,6 @@ def encode_run(
     return result
 
 
-def evaluate_run(
-    run_root: str | Path,
-    data_root: str | Path,
-    split: str,
-    *,
-    batch_size: int = 16,
-    device: str = "auto",
-    precision: str | None = None,
-) -> dict[str, Any]:
-    """Reconstruction metrics (and prior metrics when a prior exists) on one split; writes
-    ``RUN/metrics/evaluate_{split}.json`` and ``RUN/figures/reconstructions_{split}.png``.
-
-    Streams the split in batches; the prior is scored on the code maps of this same pass. Runs at
-    the precision that fits the device it runs on (``precision`` overrides), stated in the result.
-    """
-    limit_heap_growth()
-    loaded = load_run(run_root, device)
-    precision = inference_precision(loaded.device, precision)
-    dataset = _open_split(data_root, split, masks=True)
-    check_image_size(loaded.vqvae, dataset.image_size, loaded.image_size)
-    started = time.perf_counter()
-    dtype = autocast_dtype(precision)
-    summary = evaluate_reconstructions(
-        loaded.vqvae,
-        dataset,
-        batch_size,
-        dtype,
-        keep_codes=loaded.prior is not None or loaded.top_prior is not None,
-    )
-    result: dict[str, Any] = {"split": split, "images": summary["images"]}
-    for key in (
-        "ssim", "ssim_seed", "psnr", "ms_ssim", "brain_ssim", "brain_psnr", "brain_images", "brain_region",
-        "codes_used", "perplexity", "top_codes_used", "top_perplexity", "top_only_ssim",
-    ):  # fmt: skip
-        if key in summary or not key.startswith("top_"):
-            result[key] = summary.get(key)
-    result["ssim_seed_note"] = "tf.image.ssim(max_val=3) on [0,1] images, as in the seed report; not standard SSIM"
-    result["psnr_note"] = "mean per-image PSNR, MSE floored at 8-bit quantisation noise (at most 58.9 dB)"
-    two_levels = loaded.levels == 2
-    if loaded.prior is not None or loaded.top_prior is not None:
-        codes = CodeMaps(
-            summary["codes"], dataset.subjects(), dataset.slice_indices(), split,
-            loaded.config.model.num_embeddings, dataset.image_size, loaded.vqvae_hash,
-            summary.get("top_codes"), loaded.config.model.top_num_embeddings if two_levels else None,
-        )  # fmt: skip
-        if loaded.prior is not None:  # the one prior, or the bottom prior given the true top maps
-            prior_config = loaded.config.prior
-            result.update(evaluate_prior(loaded.prior, codes, batch_size, prior_config.condition_on_slice, dtype))
-        if loaded.top_prior is not None:
-            top_config = loaded.config.top_prior
-            top = evaluate_prior(
-                loaded.top_prior, codes.level("top"), batch_size, top_config.condition_on_slice, dtype
-            )
-            result.update({f"top_{key}": value for key, value in top.items()})
-    for problem in (loaded.prior_problem, loaded.top_prior_problem):
-        if problem:
-            result.setdefault("prior_problem", problem)
-    result["per_subject_ssim"] = summary.get("per_subject_ssim")
-    result["precision"], result["device"] = precision, str(loaded.device)
-    result["vqvae_hash"], result["prior_hash"] = loaded.vqvae_hash, loaded.prior_hash
-    if two_levels:
-        result["levels"], result["top_prior_hash"] = 2, loaded.top_prior_hash
-    result["seconds"] = time.perf_counter() - started
-    if is_main_process():
-        atomic_write_json(loaded.root.metrics / f"evaluate_{split}.json", result)
-        _reconstruction_figure(loaded, dataset, split, loaded.device)
-        all_training_figures(loaded.root)
-    return result
-
-
-@torch.no_grad()
-def _reconstruction_figure(loaded: LoadedRun, dataset: Any, split: str, device: torch.device) -> Path:
-    from brainvq.tasks import snapshot_indices
-
-    picks = snapshot_indices(dataset)[:6]
-    images = dataset.images(picks).to(device)
-    recon = decode_levels(loaded.vqvae, *encode_levels(loaded.vqvae, images)).float().cpu()
-    return reconstruction_grid(
-        images.cpu(),
-        recon,
-        loaded.root.figures / f"reconstructions_{split}.png",
-        title=f"{split}: original / reconstruction / error",
-    )
-
-
-def sample_run(
-    run_root: str | Path,
-    n: int = 16,
-    *,
-    seed: int = 0,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    top_map_temperature: float | None = None,
-    top_map_top_p: float | None = None,
-    background_check: bool | None = None,
-    slice_index: int | list[int] | None = None,
-    batch_size: int = 16,
-    sampler: str = "fast",
-    out: str | Path | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    record: bool = True,
-) -> dict[str, Any]:
-    """Generate ``n`` slices; write them as PNGs plus ``grid.png`` and ``samples.json`` (with the
-    hashes of the checkpoints that made them) under ``out`` (default RUN/samples). ``temperature``,
-    ``top_p`` and the top map's two and ``background_check`` (two levels) default to the run's
-    ``sample`` config (:func:`brainvq.sample.resolve_sampling`). ``record`` also makes this the run's sampling
-    record (``RUN/metrics/sampling.json``, which the report shows)."""
-    device_ = resolve_device(device)
-    loaded = load_run(run_root, device_)
-    loaded.require_prior()
-    result = sample(
-        loaded,
-        n,
-        seed=seed,
-        temperature=temperature,
-        top_p=top_p,
-        top_map_temperature=top_map_temperature,
-        top_map_top_p=top_map_top_p,
-        background_check=background_check,
-        slice_index=slice_index,
-        batch_size=batch_size,
-        sampler=sampler,
-        device=device_,
-        progress=progress,
-    )
-    out_dir = Path(out) if out is not None else loaded.root.samples
-    paths = []
-    for index, image in enumerate(result.images):
-        path = out_dir / f"sample_{index:03d}.png"
-        atomic_save_image(path, Image.fromarray((image[0].clamp(0, 1) * 255 + 0.5).byte().numpy(), mode="L"))
-        paths.append(str(path))
-    titles = [f"slice {s}" for s in result.slices] if result.slices is not None else None
-    grid = image_grid(
-        result.images,
-        out_dir / "grid.png",
-        titles=titles,
-        title=f"{n} samples (seed {seed}, {describe_sampling(result.sampling)}, {sampler} sampler)",
-    )
-    summary = {
-        "n": n,
-        "seconds": result.seconds,
-        "sampling_seconds": result.sampling_seconds,
-        "decoding_seconds": result.decoding_seconds,
-        "seconds_per_image": result.seconds / n,
-        "sampler": sampler,
-        "seed": seed,
-        "sampling_config": str(loaded.root.config) if loaded.root.config.is_file() else "checkpoints",
-        **result.sampling._asdict(),  # temperature, top_p, top_map_temperature, top_map_top_p, background_check
-        "redrawn_top_maps": result.redrawn_top_maps,
-        "unresolved_top_maps": result.unresolved_top_maps,
-        "batch_size": batch_size,
-        "slices": result.slices,
-        "device": str(device_),
-        "code_shape": list(loaded.code_shape),
-        "top_code_shape": list(loaded.top_code_shape) if loaded.levels == 2 else None,
-        "top_prior_hash": loaded.top_prior_hash,
-        "grid": str(grid),
-        "images": paths,
-        "vqvae_hash": loaded.vqvae_hash,
-        "prior_hash": loaded.prior_hash,
-    }
-    atomic_write_json(out_dir / "samples.json", summary)
-    if record:
-        atomic_write_json(loaded.root.metrics / "sampling.json", summary)
-    return summary
-
-
-def sampling_suffix(sampling: Sampling) -> str:
-    """How file names of realism samples and scores mark a temperature other than 1 (``_T0.8``), a
-    nucleus below 1 (``_p0.9``), and top-map settings that differ from the bottom's (``_topT1``,
-    ``_topp1``), then ``_nocheck`` when top maps with no background were kept."""
-    temperature, top_p, top_temperature, top_top_p, background_check = sampling
-    temperature_differs, top_p_differs = sampling.top_map_differs()
-    suffix = ("" if temperature == 1.0 else f"_T{temperature:g}") + ("" if top_p == 1.0 else f"_p{top_p:g}")
-    suffix += f"_topT{top_temperature:g}" if temperature_differs else ""
-    suffix += f"_topp{top_top_p:g}" if top_p_differs else ""
-    return suffix + ("_nocheck" if background_check is False else "")
-
-
-def realism_suffix(seed: int, sampling: Sampling) -> str:
-    """How ``evaluate-samples --run`` marks its scores and figures (``RUN/metrics/realism_{split}{suffix}.json``):
-    ``_seedS`` for a seed other than 0, then :func:`sampling_suffix`."""
-    return ("" if seed == 0 else f"_seed{seed}") + sampling_suffix(sampling)
-
-
-def draw_for_realism(
-    loaded: LoadedRun,
-    real_root: str | Path,
-    split: str,
-    n: int,
-    sampling: Sampling,
-    *,
-    seed: int = 0,
-    device: str = "auto",
-    progress: bool = True,
-) -> Path:
-    """The folder of ``n`` samples that ``evaluate-samples --run`` scores: RUN/samples/realism_nN_seedS
-    with :func:`sampling_suffix`. A slice-conditioned run draws them for the real split's mix of
-    slices (:func:`brainvq.realism.matching_slices`). They are drawn again whenever a checkpoint, the
-    sampling settings (``sampling``, from :func:`brainvq.sample.resolve_sampling`) or the slices
-    differ from what the folder's ``samples.json`` says."""
-    folder = loaded.root.samples / f"realism_n{n}_seed{seed}{sampling_suffix(sampling)}"
-    slices = None
-    if any(p is not None and p.config.condition_on_slice for p in (loaded.prior, loaded.top_prior)):
-        real = load_split(real_root, split, in_memory=False).slice_indices()
-        slices = None if bool((real < 0).any()) else matching_slices(real, n)  # a plain folder: no indices
-    wanted: dict[str, Any] = {
-        "vqvae_hash": loaded.vqvae_hash,
-        "prior_hash": loaded.prior_hash,
-        "top_prior_hash": loaded.top_prior_hash,
-        **sampling._asdict(),
-    }
-    if slices is not None:
-        wanted["slices"] = slices
-    record = folder / "samples.json"
-    drawn = json.loads(record.read_text()) if record.is_file() else {}
-    drawn.setdefault("top_p", 1.0)  # folders drawn before top_p existed used the full distribution
-    for level in ("temperature", "top_p"):  # and before the top map had its own, it followed the bottom's
-        drawn.setdefault(f"top_map_{level}", drawn.get(level) if loaded.levels == 2 else None)
-    drawn.setdefault("background_check", False if loaded.levels == 2 else None)  # and kept every top map
-    if any(drawn.get(key) != value for key, value in wanted.items()):
-        sample_run(loaded.root.root, n, seed=seed, **sampling._asdict(), slice_index=slices,
-                   out=folder, device=device, progress=progress, record=False)  # fmt: skip
-    return folder
 
 
 # ----------------------------------------------------------------------------- the whole pipeline

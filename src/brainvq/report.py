@@ -152,7 +152,7 @@ def _sampling(run: RunDir) -> str:
         f"{data['code_shape'][0]}x{data['code_shape'][1]}, {data['decoding_seconds']:.2f} s decoding; "
         f"seed {data['seed']}, temperature {data['temperature']}).</p>"
     )
-    if data.get("redrawn_top_maps"):  # two levels: brainvq.background
+    if data.get("redrawn_top_maps"):  # two levels: brainvq.sampling.background
         text += f"<p>{data['redrawn_top_maps']} top maps with no background around the head were drawn again.</p>"
     if grid.is_file():
         text += f'<figure><img src="{_embed(grid)}" alt="generated slices"><figcaption>Generated slices'

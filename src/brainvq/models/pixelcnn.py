@@ -6,7 +6,7 @@ Chebyshev distance ``stage.radius``. Stages take a state (a tensor, or a (vertic
 pair for the gated model) and their ``extra``: what the stage adds to its pre-activations that
 does not depend on the codes (the slice-index bias and the projected top-map context), computed
 once per map by ``stage.extra(condition, context)``. This structure is what lets
-:mod:`brainvq.sample` compute the next position's logits on a small window (exactly), reading a
+:mod:`brainvq.sampling` compute the next position's logits on a small window (exactly), reading a
 window of each stage's ``extra`` instead of recomputing it at every position.
 
 References: van den Oord et al. 2016, "Pixel Recurrent Neural Networks" (masks A and B);

@@ -6,7 +6,7 @@ with the per-position commonest code on a share of its ring between the split's 
 top prior sampled from its full distribution now and then draws a map whose ring is far below
 that minimum. Decoded, such a map is brain texture to the frame's edge (a brain fraction of
 0.5-1.0 where real slices stay below 0.3); the README's "Two levels" section counts them and what
-they cost the tissue error. :func:`brainvq.sample.sample` draws those maps again (rejection sampling
+they cost the tissue error. :func:`brainvq.sampling.sample` draws those maps again (rejection sampling
 on a check that real maps always pass), unless ``sample.top_map_background_check`` is false or
 ``--no-background-check`` is given.
 
