@@ -22,9 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from brainvq.anomaly import PixelScores, _slices_or_none, code_nll_bits, encode, gaussian_blur, open_inputs
+from brainvq.anomaly.detection import _slices_or_none
+from brainvq.anomaly.inputs import open_inputs
+from brainvq.anomaly.likelihood import code_nll_bits, encode
+from brainvq.anomaly.maps import gaussian_blur
+from brainvq.anomaly.scoring import PixelScores
 from brainvq.data import iterate_batches
-from brainvq.metrics import foreground_mask
+from brainvq.evaluation.metrics import foreground_mask
 from brainvq.runs import load_run
 
 

@@ -4,7 +4,7 @@
         --folders runs/oasis-cpu-1level/samples/realism_n256_seed0 runs/oasis-cpu/samples/realism_n256_seed0_p0.7_topp1
 
 ``brainvq evaluate-samples`` reports ``ms_ssim_diversity``: the mean MS-SSIM of random pairs of a
-set's images (``brainvq.realism.diversity``), next to the same score for real half A of the split.
+set's images (``brainvq.evaluation.scores.diversity``), next to the same score for real half A of the split.
 Two models are compared by how near each one's score is to the real one, so the score's own noise
 sets how small a difference means anything. For each set (every folder given, and real half A,
 split by subject as ``evaluate-samples`` splits it) this script measures the score with each
@@ -22,8 +22,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from brainvq.judge import load_judge
-from brainvq.realism import ImageSet, build_reference, diversity, folder_set
+from brainvq.evaluation.judge import load_judge
+from brainvq.evaluation.reference import build_reference
+from brainvq.evaluation.scores import ImageSet, diversity, folder_set
 
 
 def noise(images: ImageSet, pairs: int, draws: int) -> dict[str, Any]:

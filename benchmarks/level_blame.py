@@ -28,17 +28,10 @@ import torch
 
 from brainvq.codes import decode_in_batches, encode_levels
 from brainvq.data import load_split
-from brainvq.judge import load_judge
-from brainvq.realism import (
-    ImageSet,
-    build_reference,
-    draw_like,
-    matching_slices,
-    real_same_n,
-    score_set,
-    tissue_figure,
-    to_uint8,
-)  # fmt: skip
+from brainvq.evaluation.judge import load_judge
+from brainvq.evaluation.reference import build_reference, draw_like, real_same_n, score_set
+from brainvq.evaluation.samples import tissue_figure
+from brainvq.evaluation.scores import ImageSet, matching_slices, to_uint8
 from brainvq.runs import load_run
 from brainvq.sampling import resolve_sampling, sample_codes, slice_conditions
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from brainvq.codes import CodeMaps
-from brainvq.realism import matching_slices
+from brainvq.evaluation.scores import matching_slices
 from brainvq.runs import load_run
 from brainvq.sampling import draw_top_maps, slice_conditions
 from brainvq.sampling.background import Background
@@ -66,8 +66,9 @@ def count_outliers(
 
 
 def tissue_without_outliers(run: Any, background: Background, args: argparse.Namespace) -> dict[str, Any]:
-    from brainvq.judge import load_judge
-    from brainvq.realism import build_reference, folder_set, judge_set, per_slice_fractions, tissue_error
+    from brainvq.evaluation.judge import load_judge
+    from brainvq.evaluation.reference import build_reference
+    from brainvq.evaluation.scores import folder_set, judge_set, per_slice_fractions, tissue_error
 
     listing = Path(args.samples) / "samples.json"
     if not listing.is_file():

@@ -33,8 +33,9 @@ import torch
 
 from brainvq.codes import decode_levels
 from brainvq.data import load_split
-from brainvq.metrics import ssim_per_image
-from brainvq.realism import ImageSet, build_reference, score_set, to_uint8
+from brainvq.evaluation.metrics import ssim_per_image
+from brainvq.evaluation.reference import build_reference, score_set
+from brainvq.evaluation.scores import ImageSet, to_uint8
 from brainvq.runs import load_run
 from brainvq.sampling import sample_codes, slice_conditions
 
@@ -96,7 +97,7 @@ def main() -> None:
 def judge_scores(
     args: argparse.Namespace, run: Any, real_top: torch.Tensor, wanted: torch.Tensor
 ) -> dict[str, Any]:
-    from brainvq.judge import load_judge
+    from brainvq.evaluation.judge import load_judge
 
     judge = load_judge(args.judge, "cpu")
     reference = build_reference(judge, args.data, args.split, args.data, Path(args.judge) / "cache")[0]

@@ -93,7 +93,7 @@ def judge_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_judge(judge_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("judge") / "judge"
-    from brainvq.judge import train_judge
+    from brainvq.evaluation.judge import train_judge
 
     config = load_config(None, [f"data.root={judge_data}", *JUDGE_SETS])
     train_judge(config, out, progress=False)

@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from brainvq.anomaly import (
-    PixelScores,
-    best_dice,
-    code_nll_bits,
-    complete,
-    encode,
-    heal,
-    image_score,
-)
+from brainvq.anomaly.likelihood import code_nll_bits, complete, encode
+from brainvq.anomaly.maps import heal, image_score
+from brainvq.anomaly.scoring import PixelScores, best_dice
 from brainvq.config import apply_overrides, load_config
 from brainvq.models import VQVAE, build_prior
 from brainvq.runs import LoadedRun, RunDir

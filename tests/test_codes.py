@@ -10,7 +10,7 @@ import torch
 from brainvq.codes import CodeMaps, slice_condition
 from brainvq.config import PriorConfig
 from brainvq.errors import DataError, RunError
-from brainvq.metrics import evaluate_prior
+from brainvq.evaluation.metrics import evaluate_prior
 from brainvq.models import build_prior
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from brainvq.cli import main
 from brainvq.data import load_split
-from brainvq.judge import load_judge, score_dataset, weights_hash
+from brainvq.evaluation.judge import load_judge, score_dataset, weights_hash
 from brainvq.phantom import make_phantom
 from brainvq.runs import RunDir, stage_checkpoint
 

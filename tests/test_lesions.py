@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from brainvq.anomaly.lesions import lesion_dir
 from brainvq.cli import main
 from brainvq.data import check_data, image_dir, mask_dir
-from brainvq.lesions import lesion_dir
 
 
 def _load(folder: Path) -> dict[str, np.ndarray]:

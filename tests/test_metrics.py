@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from brainvq.metrics import (
+from brainvq.evaluation.metrics import (
     PriorMeter,
     ReconstructionMeter,
     code_usage,
@@ -93,7 +93,7 @@ def test_psnr_is_finite_for_identical_black_slices_and_capped_at_quantisation_no
 
 
 def test_brain_masked_metrics_only_see_the_brain() -> None:
-    from brainvq.metrics import foreground_mask, masked_metrics
+    from brainvq.evaluation.metrics import foreground_mask, masked_metrics
 
     target = torch.zeros(1, 1, 64, 64)
     target[..., 16:48, 16:48] = 0.6
@@ -146,7 +146,7 @@ def _reference_ms_ssim(x: np.ndarray, y: np.ndarray) -> float:
 
 @pytest.mark.parametrize("size", [164, 175, 176, 200])
 def test_ms_ssim_bound_and_value_against_a_reference(size: int) -> None:
-    from brainvq.metrics import ms_ssim_supported
+    from brainvq.evaluation.metrics import ms_ssim_supported
 
     assert ms_ssim_supported((size, size)) == (size >= 176)  # issue 9.9: 164..175 used to crash
     if not ms_ssim_supported((size, size)):
@@ -162,7 +162,7 @@ def test_ms_ssim_bound_and_value_against_a_reference(size: int) -> None:
 def test_two_level_evaluation_reports_what_the_top_map_carries_alone(phantom_root: Path) -> None:
     from brainvq.config import ModelConfig
     from brainvq.data import load_split
-    from brainvq.metrics import evaluate_reconstructions
+    from brainvq.evaluation.metrics import evaluate_reconstructions
     from brainvq.models.vqvae import build_vqvae
 
     torch.manual_seed(0)

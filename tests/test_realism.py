@@ -9,20 +9,18 @@ import pytest
 import torch
 
 from brainvq.cli import main
-from brainvq.phantom import make_phantom
-from brainvq.realism import (
+from brainvq.evaluation.reference import Reference, draw_like, real_same_n
+from brainvq.evaluation.scores import (
     ImageSet,
     Judged,
-    Reference,
     diversity,
-    draw_like,
     frechet_and_kid,
     matching_slices,
     per_slice_fractions,
     precision_recall,
-    real_same_n,
     tissue_error,
 )
+from brainvq.phantom import make_phantom
 
 
 def _features(seed: int, n: int = 200, shift: float = 0.0) -> torch.Tensor:

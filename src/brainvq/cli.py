@@ -333,7 +333,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train_judge(args: argparse.Namespace) -> int:
-    from brainvq.judge import train_judge
+    from brainvq.evaluation.judge import train_judge
 
     config = _stage_config(args, "judge", "judge_train", run=args.out)
     summary = train_judge(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
@@ -342,7 +342,7 @@ def cmd_train_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from brainvq.judge import load_judge, segment_folder
+    from brainvq.evaluation.judge import load_judge, segment_folder
 
     judge = load_judge(args.judge, args.device)
     count = segment_folder(judge, args.input, args.out, batch_size=args.batch_size)
@@ -352,8 +352,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     from brainvq.data import available_splits, is_oasis_root
-    from brainvq.judge import load_judge
-    from brainvq.realism import evaluate_samples, folder_set, vqvae_reconstructor
+    from brainvq.evaluation.judge import load_judge
+    from brainvq.evaluation.samples import evaluate_samples, vqvae_reconstructor
+    from brainvq.evaluation.scores import folder_set
     from brainvq.runs import load_run
     from brainvq.sampling import describe_sampling, resolve_sampling
     from brainvq.sampling.files import draw_for_realism, realism_suffix
@@ -449,7 +450,7 @@ def _cell(value: Any) -> str:
 
 
 def cmd_lesions(args: argparse.Namespace) -> int:
-    from brainvq.lesions import make_lesions
+    from brainvq.anomaly.lesions import make_lesions
 
     summary = make_lesions(
         args.data, args.split, args.out, seed=args.seed, fraction=args.fraction, force=args.force
@@ -461,7 +462,8 @@ def cmd_lesions(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from brainvq.anomaly import open_inputs, prepare_out, score_images
+    from brainvq.anomaly.detection import prepare_out, score_images
+    from brainvq.anomaly.inputs import open_inputs
     from brainvq.runs import load_run
 
     run = load_run(args.run, args.device)
@@ -477,7 +479,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    from brainvq.anomaly import complete
+    from brainvq.anomaly.likelihood import complete
     from brainvq.data import load_split, record_slice
     from brainvq.figures import image_grid
     from brainvq.runs import load_run
@@ -516,7 +518,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 
 def cmd_anomaly(args: argparse.Namespace) -> int:
-    from brainvq.anomaly import detect, open_inputs, prepare_out
+    from brainvq.anomaly.detection import detect, prepare_out
+    from brainvq.anomaly.inputs import open_inputs
     from brainvq.runs import load_run
 
     run = load_run(args.run, args.device)

@@ -7,7 +7,7 @@ precision and loggers; this module owns the loop, which reads top to bottom:
                     then validate -> best checkpoint -> history -> snapshots
 
 What is trained is a :class:`Task` (the VQ-VAE's and the priors' in :mod:`brainvq.tasks`, the
-judge's in :mod:`brainvq.judge`). Checkpoints (``last`` and ``best``) hold the model, optimiser,
+judge's in :mod:`brainvq.evaluation.judge`). Checkpoints (``last`` and ``best``) hold the model, optimiser,
 scheduler, loop position and RNG state, are written atomically, and load with
 ``weights_only=True``. With ``weight_ema_decay`` the checkpoint's ``model`` is the moving average of
 the weights (what validation scored and later stages load) and ``training_model`` the raw weights. ``resume`` continues exactly where a run stopped: same step, same batch

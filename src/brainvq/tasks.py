@@ -1,7 +1,7 @@
 """What each stage trains: the VQ-VAE's task and the priors' task (one per level), for the engine.
 
 A task builds its model, turns batch indices into a loss, and validates (additive statistics, so
-DDP ranks can each validate a shard). The judge's task lives with the judge (:mod:`brainvq.judge`).
+DDP ranks can each validate a shard). The judge's task lives with the judge (:mod:`brainvq.evaluation.judge`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from brainvq.devices import (
     autocast_dtype,
 )
 from brainvq.engine import StepOutput, Task
-from brainvq.metrics import (
+from brainvq.evaluation.metrics import (
     PriorMeter,
     ReconstructionMeter,
     code_usage,

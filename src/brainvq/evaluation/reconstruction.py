@@ -21,8 +21,8 @@ from brainvq.devices import (
     is_main_process,
     limit_heap_growth,
 )
+from brainvq.evaluation.metrics import evaluate_prior, evaluate_reconstructions
 from brainvq.figures import all_training_figures, reconstruction_grid
-from brainvq.metrics import evaluate_prior, evaluate_reconstructions
 from brainvq.runs import (
     LoadedRun,
     atomic_write_json,

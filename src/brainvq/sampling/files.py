@@ -15,8 +15,8 @@ from brainvq.data import (
 from brainvq.devices import (
     resolve_device,
 )
+from brainvq.evaluation.scores import matching_slices
 from brainvq.figures import image_grid
-from brainvq.realism import matching_slices
 from brainvq.runs import (
     LoadedRun,
     atomic_save_image,
@@ -141,7 +141,7 @@ def draw_for_realism(
 ) -> Path:
     """The folder of ``n`` samples that ``evaluate-samples --run`` scores: RUN/samples/realism_nN_seedS
     with :func:`sampling_suffix`. A slice-conditioned run draws them for the real split's mix of
-    slices (:func:`brainvq.realism.matching_slices`). They are drawn again whenever a checkpoint, the
+    slices (:func:`brainvq.evaluation.scores.matching_slices`). They are drawn again whenever a checkpoint, the
     sampling settings (``sampling``, from :func:`brainvq.sampling.resolve_sampling`) or the slices
     differ from what the folder's ``samples.json`` says."""
     folder = loaded.root.samples / f"realism_n{n}_seed{seed}{sampling_suffix(sampling)}"

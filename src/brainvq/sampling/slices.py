@@ -43,7 +43,7 @@ SliceRequest = int | list[int] | torch.Tensor | None
 def slice_conditions(num_samples: int, prior: Prior, slice_index: SliceRequest) -> torch.Tensor | None:
     """One slice index per sample: ``slice_index`` for all (an int), one per sample (a list or
     tensor of ``num_samples``), or, when None, spread over the middle 70 % of the volume (the slices
-    a figure shows best; :func:`brainvq.realism.matching_slices` gives the real split's spread)."""
+    a figure shows best; :func:`brainvq.evaluation.scores.matching_slices` gives the real split's spread)."""
     config = prior.config
     if not config.condition_on_slice:
         if slice_index is not None:

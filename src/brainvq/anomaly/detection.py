@@ -1,0 +1,236 @@
+"""The ``score`` and ``anomaly`` commands: maps for every input, written as arrays, PNGs and overlays,
+scored against lesion masks when given, with the threshold chosen on healthy validate slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brainvq.anomaly.inputs import Inputs
+from brainvq.anomaly.likelihood import (
+    DEFAULT_QUANTILE,
+    code_nll_bits,
+    encode,
+    top_nll_bits,
+)
+from brainvq.anomaly.maps import heal, image_score, probability_threshold
+from brainvq.anomaly.scoring import PixelScores, dice_at, save_threshold
+from brainvq.data import iterate_batches
+from brainvq.errors import RunError
+from brainvq.files import atomic_write_json
+from brainvq.runs import LoadedRun
+
+
+def _slices_or_none(inputs: Inputs, indices: list[int]) -> torch.Tensor | None:
+    chosen = inputs.slices[indices]
+    return chosen if bool((chosen >= 0).all()) else None
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, scale: float) -> np.ndarray:
+    """RGB uint8: the gray slice with ``heat`` (same size, 0..scale) blended on top in 'inferno'."""
+    from matplotlib import colormaps
+
+    level = np.clip(heat / max(scale, 1e-12), 0, 1)
+    colours = colormaps["inferno"](level)[..., :3]
+    gray = np.repeat(image[..., None], 3, axis=2)
+    alpha = (0.15 + 0.65 * level)[..., None] * (level[..., None] > 0.02)
+    return ((gray * (1 - alpha) + colours * alpha) * 255 + 0.5).astype(np.uint8)
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    from brainvq.files import atomic_save_image
+
+    atomic_save_image(path, Image.fromarray(array))
+
+
+def score_images(
+    run: LoadedRun, inputs: Inputs, out: Path, *, batch_size: int = 16, maps: bool = True
+) -> dict[str, Any]:
+    """``brainvq score``: NLL maps (bits per code), totals per image, overlays and JSON under ``out``."""
+    per_image = []
+    for batch in iterate_batches(inputs.dataset, batch_size):
+        index = batch["index"].tolist()
+        encoded = encode(run, batch["image"])
+        slices = _slices_or_none(inputs, index)
+        nll = code_nll_bits(run, encoded.codes, slices, encoded.top)
+        top_nll = top_nll_bits(run, encoded.top, slices) if encoded.top is not None else None
+        for k, i in enumerate(index):
+            name = inputs.names[i]
+            entry = {"image": name, "nll_bits": float(nll[k].sum()), "bits_per_code": float(nll[k].mean())}
+            if top_nll is not None:
+                entry["top_nll_bits"], entry["top_bits_per_code"] = (
+                    float(top_nll[k].sum()),
+                    float(top_nll[k].mean()),
+                )
+            per_image.append(entry)
+            if maps:
+                np.save(out / "nll" / f"{Path(name).stem}.npy", nll[k].numpy().astype(np.float32))
+                if top_nll is not None:
+                    np.save(out / "nll" / f"{Path(name).stem}_top.npy", top_nll[k].numpy().astype(np.float32))
+                scale = batch["image"].shape[-1] // nll.shape[-1]
+                heat = nll[k].repeat_interleave(scale, 0).repeat_interleave(scale, 1).numpy()
+                _save_png(out / "overlays" / name, overlay(batch["image"][k, 0].numpy(), heat, 12.0))
+    totals = [p["bits_per_code"] for p in per_image]
+    result = {
+        "images": len(per_image),
+        "mean_bits_per_code": float(np.mean(totals)),
+        "vqvae_hash": run.vqvae_hash,
+        "prior_hash": run.prior_hash,
+        "per_image": per_image,
+    }
+    if run.levels == 2:
+        result["top_mean_bits_per_code"] = float(np.mean([p["top_bits_per_code"] for p in per_image]))
+        result["top_prior_hash"] = run.top_prior_hash
+    atomic_write_json(out / "scores.json", result)
+    return result
+
+
+def run_threshold(run: LoadedRun, quantile: float, data_root: str | Path | None) -> float:
+    """The redraw threshold stored with the run (``RUN/metrics/anomaly_threshold.json``), computed
+    from the validate split's code maps the first time (or when the run's checkpoints changed)."""
+    import json
+
+    from brainvq.codes import CodeMaps
+
+    path = run.root.metrics / "anomaly_threshold.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if (stored.get("quantile"), stored.get("vqvae_hash"), stored.get("prior_hash")) == (
+            quantile, run.vqvae_hash, run.prior_hash,
+        ):  # fmt: skip
+            return float(stored["probability_threshold"])
+    split = run.config.data.val_split or "validate"
+    code_path = run.root.code_file(split)
+    if code_path.is_file():
+        codes = CodeMaps.load(code_path).check_made_by(run.vqvae_hash, code_path)
+    else:
+        from brainvq.codes import encode_dataset
+        from brainvq.data import load_split
+
+        root = data_root or run.config.data.root
+        if root is None:
+            raise RunError(
+                f"{run.root.root}: no {split} code maps to set the anomaly threshold (run `brainvq encode`)"
+            )
+        codes = encode_dataset(run.vqvae, load_split(root, split, in_memory=False), split, device=run.device,
+                               vqvae_hash=run.vqvae_hash)  # fmt: skip
+    slices = codes.slices if run.config.prior.condition_on_slice else None
+    top = codes.top_indices.long() if codes.top_indices is not None else None
+    threshold = probability_threshold(run, codes.indices.long(), slices, quantile, top)
+    save_threshold(run, path, threshold, quantile, split)
+    return threshold
+
+
+def detect(
+    run: LoadedRun,
+    inputs: Inputs,
+    out: Path,
+    *,
+    quantile: float = DEFAULT_QUANTILE,
+    seed: int = 0,
+    batch_size: int = 16,
+    maps: bool = True,
+    dice_threshold: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """``brainvq anomaly``: both methods' maps (PNG, .npy, overlays), per-image scores and, with truth,
+    pixel AP/AUROC, best Dice and image AUROC/AP for each method."""
+    from PIL import Image
+
+    from brainvq.evaluation.metrics import foreground_mask
+
+    threshold = run_threshold(run, quantile, None)
+    scores = {"prior": PixelScores.empty(), "residual": PixelScores.empty()}
+    per_image = []
+    redrawn_fraction = []
+    for batch in iterate_batches(inputs.dataset, batch_size):
+        index = batch["index"].tolist()
+        result = heal(run, batch["image"], _slices_or_none(inputs, index), threshold, seed=seed + index[0])
+        redrawn_fraction.append(float(result.redrawn.float().mean()))
+        brain = (batch["mask"] > 0) if "mask" in batch else foreground_mask(batch["image"])[:, 0]
+        if inputs.truth is not None:
+            truth = torch.stack(
+                [torch.from_numpy(np.asarray(Image.open(inputs.truth[i]).convert("L")) > 0) for i in index]
+            )
+            scores["prior"].update(result.prior_map, truth, brain)
+            scores["residual"].update(result.residual_map, truth, brain)
+        prior_scores, residual_scores = image_score(result.prior_map), image_score(result.residual_map)
+        for k, i in enumerate(index):
+            name = inputs.names[i]
+            per_image.append({"image": name, "prior_score": float(prior_scores[k]), "residual_score": float(residual_scores[k]),
+                              "redrawn_codes": int(result.redrawn[k].sum())})  # fmt: skip
+            if maps:
+                stem = Path(name).stem
+                for method, heat in (("prior", result.prior_map[k]), ("residual", result.residual_map[k])):
+                    np.save(out / method / f"{stem}.npy", heat.numpy().astype(np.float16))
+                    _save_png(out / method / name, (np.clip(heat.numpy() / 0.5, 0, 1) * 255).astype(np.uint8))
+                    _save_png(
+                        out / f"{method}_overlays" / name, overlay(result.images[k, 0].numpy(), heat.numpy(), 0.3)
+                    )
+                _save_png(out / "healed" / name, (result.healed[k, 0].numpy() * 255 + 0.5).astype(np.uint8))
+    summary: dict[str, Any] = {
+        "images": len(per_image),
+        "probability_threshold": threshold,
+        "quantile": quantile,
+        "redrawn_fraction": float(np.mean(redrawn_fraction)),
+        "vqvae_hash": run.vqvae_hash,
+        "prior_hash": run.prior_hash,
+    }
+    if inputs.truth is not None:
+        for method, accumulated in scores.items():
+            summary[method] = accumulated.summary()
+            if dice_threshold and method in dice_threshold:
+                values, truths = torch.cat(accumulated.values).float(), torch.cat(accumulated.truths)
+                summary[method]["dice_at_given_threshold"] = dice_at(values, truths, dice_threshold[method])
+        truths = torch.cat(scores["prior"].truths)
+        summary["lesion_pixel_fraction"] = float(truths.float().mean())
+    summary["per_image"] = per_image
+    atomic_write_json(out / "anomaly.json", summary)
+    if maps and inputs.truth is not None:
+        summary["figure"] = str(examples_figure(out, inputs))
+    return summary
+
+
+def examples_figure(out: Path, inputs: Inputs, count: int = 6, show_inputs: bool = True) -> Path:
+    """``OUT/anomaly_examples.png``: for ``count`` lesioned slices spread over the split, the input,
+    the true lesion mask, the prior method's map and the residual's map (both on one colour scale).
+    ``show_inputs=False`` leaves the input row out (``anomaly_maps.png``, for sharing without images)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from brainvq.figures import save_figure
+
+    assert inputs.truth is not None
+    lesioned = [i for i, path in enumerate(inputs.truth) if np.asarray(Image.open(path)).any()]
+    picks = lesioned[:: max(1, len(lesioned) // count)][:count]
+    rows = ("input", "true lesion", "prior (healed residual)", "VQ-VAE residual")[0 if show_inputs else 1 :]
+    figure, axes = plt.subplots(len(rows), len(picks), figsize=(2.2 * len(picks), 2.3 * len(rows)), squeeze=False)
+    for col, i in enumerate(picks):
+        name, stem = inputs.names[i], Path(inputs.names[i]).stem
+        panels = [
+            (inputs.dataset.images([i])[0, 0].numpy(), "gray", 1.0),
+            (np.asarray(Image.open(inputs.truth[i])) > 0, "gray", 1.0),
+            (np.load(out / "prior" / f"{stem}.npy").astype(np.float32), "inferno", 0.3),
+            (np.load(out / "residual" / f"{stem}.npy").astype(np.float32), "inferno", 0.3),
+        ][0 if show_inputs else 1 :]
+        for row, (panel, colours, top) in enumerate(panels):
+            axes[row, col].imshow(panel, cmap=colours, vmin=0, vmax=top)
+            axes[row, col].axis("off")
+            if col == 0:  # the row's name, inside its first panel
+                axes[row, col].text(
+                    0.03, 0.03, rows[row], color="white", fontsize=7, transform=axes[row, col].transAxes
+                )
+        axes[0, col].set_title(name.replace(".nii.png", ""), fontsize=7)
+    return save_figure(figure, out / ("anomaly_examples.png" if show_inputs else "anomaly_maps.png"))
+
+
+def prepare_out(out: Path, folders: tuple[str, ...]) -> None:
+    from brainvq.files import mark_owned
+
+    mark_owned(out, "anomaly")
+    for folder in folders:
+        (out / folder).mkdir(parents=True, exist_ok=True)
