@@ -27,7 +27,7 @@ from brainvq.anomaly.inputs import open_inputs
 from brainvq.anomaly.likelihood import code_nll_bits, encode
 from brainvq.anomaly.maps import gaussian_blur
 from brainvq.anomaly.scoring import PixelScores
-from brainvq.data import iterate_batches
+from brainvq.data.dataset import iterate_batches
 from brainvq.evaluation.metrics import foreground_mask
 from brainvq.runs import load_run
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from brainvq.codes import decode_in_batches, encode_levels
-from brainvq.data import load_split
+from brainvq.data.dataset import load_split
 from brainvq.evaluation.judge import load_judge
 from brainvq.evaluation.reference import build_reference, draw_like, real_same_n, score_set
 from brainvq.evaluation.samples import tissue_figure

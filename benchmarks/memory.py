@@ -20,7 +20,7 @@ import time
 def _child(kind: str, run: str, data: str, split: str) -> None:
     started = time.perf_counter()
     if kind == "baseline":
-        from brainvq.data import load_split
+        from brainvq.data.dataset import load_split
 
         dataset = load_split(data, split, in_memory=True)
         images = dataset.images(list(range(len(dataset))))  # the old path: whole split as float

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from brainvq.data import IMAGE_RE, image_dir
+from brainvq.data.layout import IMAGE_RE, image_dir
 
 
 def copy_some(paths: list[Path], folder: Path, n: int, rng: np.random.Generator) -> None:

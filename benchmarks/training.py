@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from brainvq.config import Config, apply_overrides
-from brainvq.data import load_split
+from brainvq.data.dataset import load_split
+from brainvq.data.phantom import make_phantom
 from brainvq.models import VQVAE
-from brainvq.phantom import make_phantom
 from brainvq.runs import RunDir
 from brainvq.train import Engine, EpochBatches, StepOutput, VQVAETask, make_fabric
 

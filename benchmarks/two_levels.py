@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from brainvq.codes import decode_levels
-from brainvq.data import load_split
+from brainvq.data.dataset import load_split
 from brainvq.evaluation.metrics import ssim_per_image
 from brainvq.evaluation.reference import build_reference, score_set
 from brainvq.evaluation.scores import ImageSet, to_uint8

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from brainvq.config import Config, load_config
-from brainvq.phantom import make_phantom
+from brainvq.data.phantom import make_phantom
 
 # At most 2 threads; fewer when OMP_NUM_THREADS says so (e.g. while a long run shares the CPU:
 # oversubscribed OpenMP threads slow small kernels down by orders of magnitude).

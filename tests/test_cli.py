@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from brainvq.cli import main
-from brainvq.data import image_dir
+from brainvq.data.layout import image_dir
 
 from .conftest import TINY
 

@@ -182,7 +182,7 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     import torch
 
     from brainvq.cli import main
-    from brainvq.phantom import make_phantom
+    from brainvq.data.phantom import make_phantom
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -6,17 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from brainvq.data import (
-    check_data,
-    check_no_leak,
-    find_leaks,
-    image_dir,
-    load_split,
-    mask_dir,
-    read_png,
-    scan_split,
-    select_records,
-)
+from brainvq.data.checks import check_data
+from brainvq.data.dataset import check_no_leak, find_leaks, load_split
+from brainvq.data.images import read_png, select_records
+from brainvq.data.layout import image_dir, mask_dir, scan_split
 from brainvq.errors import DataError
 
 

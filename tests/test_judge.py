@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from brainvq.cli import main
-from brainvq.data import load_split
+from brainvq.data.dataset import load_split
+from brainvq.data.phantom import make_phantom
 from brainvq.evaluation.judge import load_judge, score_dataset, weights_hash
-from brainvq.phantom import make_phantom
 from brainvq.runs import RunDir, stage_checkpoint
 
 from .conftest import JUDGE_SETS

@@ -11,7 +11,8 @@ from PIL import Image
 
 from brainvq.anomaly.lesions import lesion_dir
 from brainvq.cli import main
-from brainvq.data import check_data, image_dir, mask_dir
+from brainvq.data.checks import check_data
+from brainvq.data.layout import image_dir, mask_dir
 
 
 def _load(folder: Path) -> dict[str, np.ndarray]:

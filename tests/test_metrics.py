@@ -161,7 +161,7 @@ def test_ms_ssim_bound_and_value_against_a_reference(size: int) -> None:
 
 def test_two_level_evaluation_reports_what_the_top_map_carries_alone(phantom_root: Path) -> None:
     from brainvq.config import ModelConfig
-    from brainvq.data import load_split
+    from brainvq.data.dataset import load_split
     from brainvq.evaluation.metrics import evaluate_reconstructions
     from brainvq.models.vqvae import build_vqvae
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from brainvq.data import check_data, load_split
+from brainvq.data.checks import check_data
+from brainvq.data.dataset import load_split
 
 from .conftest import oasis_root
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainvq.data import check_data
-from brainvq.phantom import CSF, GREY, WHITE, PhantomSubject, make_phantom, render_slice, split_subjects
+from brainvq.data.checks import check_data
+from brainvq.data.phantom import CSF, GREY, WHITE, PhantomSubject, make_phantom, render_slice, split_subjects
 
 
 def test_same_seed_same_files(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from brainvq.cli import main
+from brainvq.data.phantom import make_phantom
 from brainvq.evaluation.reference import Reference, draw_like, real_same_n
 from brainvq.evaluation.scores import (
     ImageSet,
@@ -20,7 +21,6 @@ from brainvq.evaluation.scores import (
     precision_recall,
     tissue_error,
 )
-from brainvq.phantom import make_phantom
 
 
 def _features(seed: int, n: int = 200, shift: float = 0.0) -> torch.Tensor:

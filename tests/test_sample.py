@@ -127,8 +127,8 @@ def test_samplers_agree_at_trained_scale(tmp_path: object) -> None:
 
     import numpy as np
 
-    from brainvq.data import load_split
-    from brainvq.phantom import make_phantom
+    from brainvq.data.dataset import load_split
+    from brainvq.data.phantom import make_phantom
 
     root = Path(str(tmp_path)) / "phantom"
     make_phantom(root, num_subjects=4, seed=5, size=128, num_slices=16)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from brainvq.config import Config, apply_overrides
-from brainvq.data import load_split
+from brainvq.data.dataset import load_split
 from brainvq.tasks import VQVAETask, reconstruction_loss
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from brainvq.config import Config, apply_overrides
-from brainvq.data import load_split
+from brainvq.data.dataset import load_split
 from brainvq.devices import end_process_group
 from brainvq.errors import RunError, TrainingError
 from brainvq.runs import RunDir, load_checkpoint
@@ -343,7 +343,7 @@ def test_image_sides_the_encoder_cannot_halve_are_one_line(
 ) -> None:
     """Sides not divisible by the downsampling factor: one line naming a file (issue 35, item 10)."""
     from brainvq.cli import main
-    from brainvq.phantom import make_phantom
+    from brainvq.data.phantom import make_phantom
 
     make_phantom(tmp_path / "data", num_subjects=3, seed=0, size=66, num_slices=4)
     argv = ["train-vqvae", "--data", str(tmp_path / "data"), "--run", str(tmp_path / "run"), "--max-steps", "1"]

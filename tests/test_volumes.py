@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from brainvq.cli import main
-from brainvq.data import check_data
+from brainvq.data.checks import check_data
+from brainvq.data.phantom import make_phantom
+from brainvq.data.slicing import slice_volumes, split_subjects
+from brainvq.data.volumes import SliceOptions
 from brainvq.errors import DataError
-from brainvq.phantom import make_phantom
-from brainvq.volumes import SliceOptions, slice_volumes, split_subjects
 
 OPTIONS = SliceOptions(num_slices=16, size=64)
 

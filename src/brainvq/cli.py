@@ -57,8 +57,8 @@ def _print(data: Any, as_json: bool) -> None:
 def cmd_phantom(args: argparse.Namespace) -> int:
     import tempfile
 
+    from brainvq.data.phantom import make_phantom
     from brainvq.files import check_replaceable, mark_owned, swap_in
-    from brainvq.phantom import make_phantom
 
     if args.subjects < 3:
         raise BrainVQError("--subjects must be at least 3 (one subject per split)")
@@ -86,7 +86,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_slice_volumes(args: argparse.Namespace) -> int:
-    from brainvq.volumes import SliceOptions, parse_label_map, parse_range, slice_volumes
+    from brainvq.data.slicing import parse_label_map, parse_range, slice_volumes
+    from brainvq.data.volumes import SliceOptions
 
     try:
         fractions = [float(f) for f in args.splits.split(",")]
@@ -133,7 +134,7 @@ def cmd_slice_volumes(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from brainvq.data import check_data
+    from brainvq.data.checks import check_data
 
     report = check_data(args.data)
     if args.json:
@@ -310,8 +311,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from brainvq.config import find_preset, load_config
+    from brainvq.data.phantom import make_phantom
     from brainvq.files import mark_owned, remove_owned
-    from brainvq.phantom import make_phantom
     from brainvq.pipeline import headline, run_pipeline
 
     out = Path(args.out)
@@ -351,7 +352,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_samples(args: argparse.Namespace) -> int:
-    from brainvq.data import available_splits, is_oasis_root
+    from brainvq.data.layout import available_splits, is_oasis_root
     from brainvq.evaluation.judge import load_judge
     from brainvq.evaluation.samples import evaluate_samples, vqvae_reconstructor
     from brainvq.evaluation.scores import folder_set
@@ -480,7 +481,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_complete(args: argparse.Namespace) -> int:
     from brainvq.anomaly.likelihood import complete
-    from brainvq.data import load_split, record_slice
+    from brainvq.data.dataset import load_split
+    from brainvq.data.layout import record_slice
     from brainvq.figures import image_grid
     from brainvq.runs import load_run
 
@@ -600,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUT if brainvq made it")
     p.set_defaults(handler=cmd_phantom)
 
-    from brainvq.volumes import DEFAULT_SUBJECT_PATTERN
+    from brainvq.data.volumes import DEFAULT_SUBJECT_PATTERN
 
     p = sub.add_parser("slice-volumes", help="cut NIfTI/Analyze/MGH volumes into the OASIS slice layout")
     p.add_argument("input", type=Path, help="folder of volumes (searched recursively)")

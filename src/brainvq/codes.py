@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from brainvq.data import SliceDataset, iterate_batches
+from brainvq.data.dataset import SliceDataset, iterate_batches
 from brainvq.devices import autocast_context
 from brainvq.errors import DataError, RunError
 from brainvq.models.vqvae import AnyVQVAE, Codes

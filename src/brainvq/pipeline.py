@@ -15,13 +15,9 @@ from typing import Any
 
 from brainvq.codes import check_image_size, encode_dataset
 from brainvq.config import Config
-from brainvq.data import (
-    available_splits,
-    check_data_root,
-    check_no_leak,
-    is_oasis_root,
-    load_split,
-)
+from brainvq.data.checks import check_data_root
+from brainvq.data.dataset import check_no_leak, load_split
+from brainvq.data.layout import available_splits, is_oasis_root
 from brainvq.devices import (
     autocast_dtype,
     barrier,

@@ -19,7 +19,7 @@ from brainvq.config import (
     Config,
     TrainConfig,
 )
-from brainvq.data import SliceDataset
+from brainvq.data.dataset import SliceDataset
 from brainvq.devices import (
     autocast_context,
     autocast_dtype,

@@ -17,7 +17,7 @@ from brainvq.config import (
     merge_dicts,
     save_config,
 )
-from brainvq.data import SliceDataset, check_no_leak, load_split
+from brainvq.data.dataset import SliceDataset, check_no_leak, load_split
 from brainvq.devices import (
     is_main_process,
 )

@@ -18,7 +18,7 @@ from brainvq.anomaly.likelihood import (
 )
 from brainvq.anomaly.maps import heal, image_score, probability_threshold
 from brainvq.anomaly.scoring import PixelScores, dice_at, save_threshold
-from brainvq.data import iterate_batches
+from brainvq.data.dataset import iterate_batches
 from brainvq.errors import RunError
 from brainvq.files import atomic_write_json
 from brainvq.runs import LoadedRun
@@ -110,7 +110,7 @@ def run_threshold(run: LoadedRun, quantile: float, data_root: str | Path | None)
         codes = CodeMaps.load(code_path).check_made_by(run.vqvae_hash, code_path)
     else:
         from brainvq.codes import encode_dataset
-        from brainvq.data import load_split
+        from brainvq.data.dataset import load_split
 
         root = data_root or run.config.data.root
         if root is None:

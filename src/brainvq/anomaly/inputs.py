@@ -24,7 +24,8 @@ def open_inputs(
 ) -> Inputs:
     """``--data DATA --split S`` (truth: ``keras_png_slices_lesion_S`` when present) or ``--images DIR``."""
     from brainvq.anomaly.lesions import lesion_dir, lesion_name
-    from brainvq.data import load_split, record_slice, scan_split
+    from brainvq.data.dataset import load_split
+    from brainvq.data.layout import record_slice, scan_split
     from brainvq.errors import DataError
 
     if (data is None) == (images is None):

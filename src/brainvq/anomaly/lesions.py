@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from brainvq.data import SliceRecord, image_dir, image_name, load_split, mask_dir, read_mask, read_png
+from brainvq.data.dataset import load_split
+from brainvq.data.images import read_mask, read_png
+from brainvq.data.layout import SliceRecord, image_dir, image_name, mask_dir
 from brainvq.errors import DataError
 from brainvq.files import check_replaceable, mark_owned, swap_in
 

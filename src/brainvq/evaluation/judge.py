@@ -23,7 +23,8 @@ from PIL import Image
 from torch import nn
 
 from brainvq.config import Config, config_from_dict
-from brainvq.data import SliceDataset, iterate_batches, load_split, scan_split
+from brainvq.data.dataset import SliceDataset, iterate_batches, load_split
+from brainvq.data.layout import scan_split
 from brainvq.devices import autocast_context, autocast_dtype, inference_precision, is_main_process, resolve_device
 from brainvq.engine import StepOutput, fabric_config_check, launch_task, make_fabric, stage_loggers
 from brainvq.errors import DataError, RunError

@@ -27,7 +27,7 @@ from brainvq.devices import autocast_context
 
 if TYPE_CHECKING:
     from brainvq.codes import CodeMaps
-    from brainvq.data import SliceDataset
+    from brainvq.data.dataset import SliceDataset
 
 SEED_SSIM_DATA_RANGE = 3.0
 
@@ -259,7 +259,7 @@ def evaluate_reconstructions(
     VQ-VAE on ``dataset`` (two levels: also ``top_only_ssim``, the top map decoded alone against the
     image, near 0 when the decoder ignores the top map), batch by batch (model calls under ``autocast`` dtype when given; metrics
     always in float32). With ``keep_codes``, ``codes`` (N, h, w) int16 holds the code maps."""
-    from brainvq.data import iterate_batches
+    from brainvq.data.dataset import iterate_batches
 
     config: Any = model.config
     meter = meter if meter is not None else ReconstructionMeter(config.num_embeddings, full=full)

@@ -10,11 +10,8 @@ from typing import Any
 import torch
 
 from brainvq.codes import CodeMaps, check_image_size, decode_levels, encode_levels
-from brainvq.data import (
-    SliceDataset,
-    load_split,
-    scan_split,
-)
+from brainvq.data.dataset import SliceDataset, load_split
+from brainvq.data.layout import scan_split
 from brainvq.devices import (
     autocast_dtype,
     inference_precision,

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from brainvq.data import SliceDataset, load_split
+from brainvq.data.dataset import SliceDataset, load_split
 from brainvq.errors import DataError
 from brainvq.evaluation.judge import LoadedJudge, score_dataset
 from brainvq.evaluation.scores import (

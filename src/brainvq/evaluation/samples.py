@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from brainvq.data import SliceDataset
+from brainvq.data.dataset import SliceDataset
 from brainvq.errors import DataError
 from brainvq.evaluation.judge import LoadedJudge
 from brainvq.evaluation.reference import (

@@ -14,7 +14,8 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from brainvq.data import SliceDataset, iterate_batches, load_split, record_slice
+from brainvq.data.dataset import SliceDataset, iterate_batches, load_split
+from brainvq.data.layout import record_slice
 from brainvq.evaluation.judge import LoadedJudge, judge_images, tissue_fractions
 from brainvq.evaluation.metrics import ms_ssim_per_image, ms_ssim_supported, ssim_per_image
 

@@ -9,9 +9,7 @@ from typing import Any
 
 from PIL import Image
 
-from brainvq.data import (
-    load_split,
-)
+from brainvq.data.dataset import load_split
 from brainvq.devices import (
     resolve_device,
 )

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from brainvq.data import image_dir, image_name, mask_dir, mask_name
+from brainvq.data.layout import image_dir, image_name, mask_dir, mask_name
 
 LABEL_LEVELS = np.array([0, 85, 170, 255], dtype=np.uint8)
 BACKGROUND, CSF, GREY, WHITE = 0, 1, 2, 3
