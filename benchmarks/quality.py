@@ -13,7 +13,7 @@ from pathlib import Path
 
 from brainvq.config import Config, apply_overrides
 from brainvq.evaluation.reconstruction import evaluate_run
-from brainvq.train import train_vqvae
+from brainvq.training.stages import train_vqvae
 
 VARIANTS = {
     "default (EMA + k-means++ init + dead-code restart, bf16 auto)": [],

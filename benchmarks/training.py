@@ -26,7 +26,11 @@ from brainvq.data.dataset import load_split
 from brainvq.data.phantom import make_phantom
 from brainvq.models import VQVAE
 from brainvq.runs import RunDir
-from brainvq.train import Engine, EpochBatches, StepOutput, VQVAETask, make_fabric
+from brainvq.training.engine import Engine
+from brainvq.training.launch import make_fabric
+from brainvq.training.schedule import EpochBatches
+from brainvq.training.task import StepOutput
+from brainvq.training.tasks import VQVAETask
 
 
 def peak_mb() -> float:

@@ -42,7 +42,7 @@ def test_evaluation_uses_the_same_rule_as_training() -> None:
 
 def test_training_refuses_out_of_range_slices(tiny_config: object, tmp_path: Path) -> None:
     from brainvq.config import apply_overrides
-    from brainvq.train import PriorTask
+    from brainvq.training.tasks import PriorTask
 
     config = apply_overrides(tiny_config, ["prior.condition_on_slice=true", "prior.num_slices=16"])  # type: ignore[arg-type]
     with pytest.raises(DataError, match="slice index 31, outside 0..15"):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from brainvq.config import Config, apply_overrides
 from brainvq.data.dataset import load_split
-from brainvq.tasks import VQVAETask, reconstruction_loss
+from brainvq.training.tasks import VQVAETask, reconstruction_loss
 
 
 @pytest.mark.parametrize("kind", ["mse", "l1", "mse+ssim"])

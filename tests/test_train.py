@@ -14,7 +14,12 @@ from brainvq.data.dataset import load_split
 from brainvq.devices import end_process_group
 from brainvq.errors import RunError, TrainingError
 from brainvq.runs import RunDir, load_checkpoint
-from brainvq.train import Engine, EpochBatches, StepOutput, VQVAETask, make_fabric, train_vqvae
+from brainvq.training.engine import Engine
+from brainvq.training.launch import make_fabric
+from brainvq.training.schedule import EpochBatches
+from brainvq.training.stages import train_vqvae
+from brainvq.training.task import StepOutput
+from brainvq.training.tasks import VQVAETask
 
 
 def _limited(config: Config, *overrides: str) -> Config:
@@ -255,7 +260,7 @@ def test_nan_message_never_names_a_missing_checkpoint(
 def test_weight_average_is_a_plain_mean_then_an_ema() -> None:
     from torch.optim.swa_utils import AveragedModel
 
-    from brainvq.engine import warm_ema
+    from brainvq.training.schedule import warm_ema
 
     model = torch.nn.Linear(1, 1, bias=False)
     average = AveragedModel(model, multi_avg_fn=warm_ema(0.8))  # memory: 1 / (1 - 0.8) = 5 steps

@@ -176,7 +176,7 @@ def _stage_config(args: argparse.Namespace, stage: str, section: str, run: Path 
     """
     from brainvq.config import apply_overrides, load_config
     from brainvq.runs import RunDir
-    from brainvq.train import resumed_config
+    from brainvq.training.resume import resumed_config
 
     if not args.resume:
         saved = RunDir(run or args.run).config
@@ -195,7 +195,7 @@ def _stage_config(args: argparse.Namespace, stage: str, section: str, run: Path 
 
 
 def cmd_train_vqvae(args: argparse.Namespace) -> int:
-    from brainvq.train import train_vqvae
+    from brainvq.training.stages import train_vqvae
 
     config = _stage_config(args, "vqvae", "train")
     summary = train_vqvae(config, args.run, resume=args.resume, force=args.force, progress=not args.quiet)
@@ -205,7 +205,8 @@ def cmd_train_vqvae(args: argparse.Namespace) -> int:
 
 def cmd_train_prior(args: argparse.Namespace) -> int:
     from brainvq.runs import RunDir
-    from brainvq.train import PRIOR_STAGES, run_prior_levels, train_prior
+    from brainvq.training.stages import run_prior_levels, train_prior
+    from brainvq.training.tasks import PRIOR_STAGES
 
     levels = run_prior_levels(args.run, args.level)  # a two-level run: the top prior, then the bottom
     started = [level for level in levels if RunDir(args.run).checkpoint(PRIOR_STAGES[level], "last").is_file()]

@@ -38,7 +38,8 @@ from brainvq.runs import (
     stage_checkpoint,
 )
 from brainvq.sampling.files import sample_run
-from brainvq.train import PRIOR_STAGES, run_prior_levels, train_prior, train_vqvae
+from brainvq.training.stages import run_prior_levels, train_prior, train_vqvae
+from brainvq.training.tasks import PRIOR_STAGES
 
 
 def encode_run(
@@ -80,8 +81,6 @@ def encode_run(
             "vqvae_hash": loaded.vqvae_hash,
         }
     return result
-
-
 
 
 # ----------------------------------------------------------------------------- the whole pipeline

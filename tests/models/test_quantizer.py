@@ -111,7 +111,7 @@ def test_ema_uniform_init_keeps_every_code_within_reach_on_the_phantom(
 
     from brainvq.config import apply_overrides
     from brainvq.runs import load_checkpoint
-    from brainvq.train import train_vqvae
+    from brainvq.training.stages import train_vqvae
 
     config = apply_overrides(
         tiny_config,  # type: ignore[arg-type]

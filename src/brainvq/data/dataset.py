@@ -163,8 +163,6 @@ def find_leaks(root: str | Path) -> list[str]:
     ]
 
 
-
-
 def iterate_batches(
     dataset: SliceDataset, batch_size: int, indices: Sequence[int] | None = None
 ) -> Iterator[dict[str, Any]]:

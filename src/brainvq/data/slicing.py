@@ -66,8 +66,6 @@ class VolumeJob:
     labels: Path | None = None
 
 
-
-
 def subject_id(path: Path, pattern: str) -> int:
     """The subject id in a file name: the first group of ``pattern`` (searched), as an integer."""
     match = re.search(pattern, path.name)
@@ -133,8 +131,6 @@ def split_subjects(subjects: Sequence[int], fractions: Sequence[float], seed: in
         raise DataError(f"{n} subjects are too few for the splits {list(fractions)}")
     names = ["train"] * num_train + ["validate"] * num_val + ["test"] * num_test
     return dict(zip(shuffled, names, strict=True))
-
-
 
 
 def slice_one(job: VolumeJob, options: SliceOptions, out: Path) -> list[dict[str, Any]]:

@@ -19,8 +19,6 @@ DEFAULT_LABEL_MAP = {0: 0, 1: 85, 2: 170, 3: 255}  # FSL FAST / OASIS: backgroun
 MANIFEST_FIELDS = ("png", "split", "subject", "slice", "voxel_index", "axis", "source", "orientation", "labels")
 
 
-
-
 @dataclass(frozen=True)
 class SliceOptions:
     """How volumes become slices (see :func:`slice_volumes`)."""
@@ -52,8 +50,6 @@ class SliceOptions:
             raise DataError(f"label map values must be grey levels 0/85/170/255, got {self.label_map}")
 
 
-
-
 # ----------------------------------------------------------------------------- finding volumes
 def is_volume(path: Path) -> bool:
     name = path.name.lower()
@@ -72,8 +68,6 @@ def find_volumes(folder: Path) -> list[Path]:
     if not paths:
         raise DataError(f"{folder}: no volumes found (.nii, .nii.gz, .hdr/.img, .mgz)")
     return paths
-
-
 
 
 # ----------------------------------------------------------------------------- one volume

@@ -26,12 +26,13 @@ from brainvq.config import Config, config_from_dict
 from brainvq.data.dataset import SliceDataset, iterate_batches, load_split
 from brainvq.data.layout import scan_split
 from brainvq.devices import autocast_context, autocast_dtype, inference_precision, is_main_process, resolve_device
-from brainvq.engine import StepOutput, fabric_config_check, launch_task, make_fabric, stage_loggers
 from brainvq.errors import DataError, RunError
 from brainvq.files import atomic_save_image, atomic_write_json
 from brainvq.models.judge import Judge
 from brainvq.runs import RunDir, load_checkpoint, load_module_state, stage_checkpoint
-from brainvq.tasks import SliceTask
+from brainvq.training.launch import fabric_config_check, launch_task, make_fabric, stage_loggers
+from brainvq.training.task import StepOutput
+from brainvq.training.tasks import SliceTask
 
 TISSUES = ("csf", "gm", "wm")
 MASK_LEVELS = np.array([0, 85, 170, 255], dtype=np.uint8)

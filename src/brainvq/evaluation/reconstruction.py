@@ -34,8 +34,6 @@ def open_split(data_root: str | Path, split: str, *, masks: bool = False) -> Sli
     return load_split(data_root, split, in_memory=False, with_masks=with_masks)
 
 
-
-
 def evaluate_run(
     run_root: str | Path,
     data_root: str | Path,
@@ -108,7 +106,7 @@ def evaluate_run(
 
 @torch.no_grad()
 def _reconstruction_figure(loaded: LoadedRun, dataset: Any, split: str, device: torch.device) -> Path:
-    from brainvq.tasks import snapshot_indices
+    from brainvq.training.tasks import snapshot_indices
 
     picks = snapshot_indices(dataset)[:6]
     images = dataset.images(picks).to(device)

@@ -29,7 +29,6 @@ class Sampling(NamedTuple):
         )
 
 
-
 def describe_sampling(sampling: Sampling) -> str:
     """``T=1, top-p 0.9`` (the nucleus only below 1), then ``; top map ...`` for top-map settings
     that differ from the bottom's: for titles and legends."""

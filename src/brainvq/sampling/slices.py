@@ -36,7 +36,6 @@ class SampleResult:
     unresolved_top_maps: int = 0  # still without background after MAX_REDRAWS rounds (kept)
 
 
-
 SliceRequest = int | list[int] | torch.Tensor | None
 
 

@@ -24,7 +24,6 @@ from brainvq.devices import (
     autocast_context,
     autocast_dtype,
 )
-from brainvq.engine import StepOutput, Task
 from brainvq.evaluation.metrics import (
     PriorMeter,
     ReconstructionMeter,
@@ -36,6 +35,7 @@ from brainvq.evaluation.metrics import (
 from brainvq.models.priors import build_prior
 from brainvq.models.vqvae import build_vqvae
 from brainvq.runs import RunDir, atomic_torch_save
+from brainvq.training.task import StepOutput, Task
 
 SNAPSHOT_IMAGES = 4
 

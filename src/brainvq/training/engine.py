@@ -6,7 +6,7 @@ precision and loggers; this module owns the loop, which reads top to bottom:
     for each epoch: for each batch: forward -> NaN guard -> backward -> step -> log -> checkpoint
                     then validate -> best checkpoint -> history -> snapshots
 
-What is trained is a :class:`Task` (the VQ-VAE's and the priors' in :mod:`brainvq.tasks`, the
+What is trained is a :class:`Task` (the VQ-VAE's and the priors' in :mod:`brainvq.training.tasks`, the
 judge's in :mod:`brainvq.evaluation.judge`). Checkpoints (``last`` and ``best``) hold the model, optimiser,
 scheduler, loop position and RNG state, are written atomically, and load with
 ``weights_only=True``. With ``weight_ema_decay`` the checkpoint's ``model`` is the moving average of
@@ -21,183 +21,22 @@ import math
 import signal
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import torch
 from lightning.fabric import Fabric
-from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from brainvq.config import (
-    Config,
-    FabricConfig,
-    TrainConfig,
-)
-from brainvq.devices import (
-    resolve_accelerator,
-    resolve_precision,
-)
 from brainvq.errors import BrainVQError, RunError, TrainingError
 from brainvq.runs import RunDir, atomic_torch_save, atomic_write_json, load_checkpoint
+from brainvq.training.schedule import EpochBatches, lr_factor, warm_ema
+from brainvq.training.task import LoopState, StepOutput, Task
 
 CHECKPOINT_FORMAT = "brainvq-checkpoint-v1"
-
-
-# ----------------------------------------------------------------------------- fabric
-def make_fabric(config: FabricConfig, loggers: list[Any] | None = None) -> Fabric:
-    """A Fabric for ``config`` (precision ``auto`` resolved; the resolved value is written back)."""
-    accelerator = resolve_accelerator(config.accelerator)
-    config.precision = resolve_precision(config.precision, accelerator)
-    return Fabric(
-        accelerator=accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=config.precision,  # type: ignore[arg-type]
-        loggers=loggers,
-    )
-
-
-# ----------------------------------------------------------------------------- batches and state
-class EpochBatches:
-    """Deterministic, resumable, rank-sharded batches: epoch e uses ``randperm(n)`` seeded by
-    ``seed + e``; rank r takes every world_size-th batch-sized slice; the last partial batch is dropped."""
-
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        if size < batch_size * world_size:
-            batch_size = max(1, size // world_size)
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-
-    def __len__(self) -> int:
-        return self.size // (self.batch_size * self.world_size)
-
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[list[int]]:
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
-        step = self.batch_size * self.world_size
-        for b in range(skip, len(self)):
-            start = b * step + self.rank * self.batch_size
-            yield order[start : start + self.batch_size]
-
-
-@dataclass
-class LoopState:
-    """Where the loop is; saved in every checkpoint."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    best: float | None = None
-    elapsed_seconds: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
-    step_log: list[list[float]] = field(default_factory=list)
-    stop_reason: str = ""
-
-
-@dataclass
-class StepOutput:
-    """A training step's loss and the scalars to log."""
-
-    loss: torch.Tensor
-    logs: dict[str, float]
-    extra: Any = None
-
-
-# ----------------------------------------------------------------------------- tasks
-class Task(ABC):
-    """What the engine trains: builds the model, turns batch indices into losses, validates."""
-
-    stage: str
-    best_metric: str
-    best_mode: str  # "max" or "min"
-
-    def __init__(self, config: Config, train: TrainConfig) -> None:
-        self.config = config
-        self.train_config = train
-
-    @abstractmethod
-    def build_model(self) -> nn.Module: ...
-
-    @abstractmethod
-    def train_size(self) -> int: ...
-
-    @abstractmethod
-    def load_batch(self, indices: list[int]) -> dict[str, torch.Tensor]: ...
-
-    @abstractmethod
-    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput: ...
-
-    @abstractmethod
-    def validation_size(self) -> int:
-        """How many items the validation set holds (0: no validation)."""
-
-    @abstractmethod
-    def validation_statistics(self, model: nn.Module, indices: list[int]) -> dict[str, torch.Tensor]:
-        """Additive statistics (sums, counts) over the validation items at ``indices`` (one rank's shard)."""
-
-    @abstractmethod
-    def validation_metrics(self, statistics: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The ``val_*`` metrics from statistics summed over every shard."""
-
-    def validate(self, model: nn.Module) -> dict[str, float]:
-        """Validation on one process (every item); the engine shards it across DDP ranks instead."""
-        size = self.validation_size()
-        return self.validation_metrics(self.validation_statistics(model, list(range(size)))) if size else {}
-
-    def on_step(self, output: StepOutput) -> None:
-        """Accumulate per-epoch statistics (default: nothing)."""
-
-    def epoch_metrics(self) -> dict[str, float]:
-        """Training statistics of the finished epoch (default: none)."""
-        return {}
-
-    def on_validated(self, model: nn.Module, fabric: Fabric, run: RunDir, epoch: int) -> None:
-        """Save per-epoch artefacts such as reconstruction snapshots (default: nothing)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def provenance(self) -> dict[str, Any]:
-        """Top-level checkpoint entries saying what this stage was trained on (default: none)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved."""
-
-
-# ----------------------------------------------------------------------------- the loop
-def lr_factor(schedule: str, warmup_steps: int, total_steps: int | None) -> Any:
-    """A LambdaLR factor: linear warmup, then ``constant`` or ``cosine`` (needs a step budget)."""
-
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "cosine" and total_steps:
-            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        if schedule not in ("constant", "cosine"):
-            raise ValueError(f"train.schedule must be 'constant' or 'cosine', got {schedule!r}")
-        return 1.0
-
-    return factor
-
-
-def warm_ema(decay: float) -> Any:
-    """An ``AveragedModel`` update: the plain mean of the weights seen so far until that is shorter
-    than the EMA's memory (n < 1 / (1 - decay)), then the EMA of ``decay``; so a short run averages
-    its own steps instead of keeping its first ones (as TensorFlow's ``num_updates`` does)."""
-
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], count: torch.Tensor) -> None:
-        weight = max(1.0 - decay, 1.0 / (int(count) + 1))  # count weights averaged before this one
-        torch._foreach_lerp_(averaged, current, weight)
-
-    return update
 
 
 STOP_REASONS = ("", "steps", "epochs", "minutes", "interrupted")
@@ -536,41 +375,3 @@ class Engine:
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-
-
-# ----------------------------------------------------------------------------- launching
-def stage_loggers(run: RunDir, stage: str) -> list[Any]:
-    return [
-        CSVLogger(root_dir=str(run.logs / "csv"), name=stage),
-        TensorBoardLogger(root_dir=str(run.logs / "tensorboard"), name=stage),
-    ]
-
-
-def fabric_config_check(config: Config) -> None:
-    """Fail early (before touching a run) on an accelerator this machine does not have."""
-    resolve_accelerator(config.fabric.accelerator)
-
-
-def launch_task(
-    fabric: Fabric, task: Task, run: RunDir, resume: bool, progress: bool, info: dict[str, Any]
-) -> dict[str, Any]:
-    result = fabric.launch(_fit_worker, task, run, resume, progress)  # type: ignore[arg-type]
-    summary = dict(result or {})
-    summary.update(info)
-    return summary
-
-
-def _fit_worker(fabric: Fabric, task: Task, run: RunDir, resume: bool, progress: bool) -> dict[str, Any]:
-    engine = Engine(task, fabric, run, resume=resume, progress=progress)
-    state = engine.fit()
-    last = state.history[-1] if state.history else {}
-    return {
-        "stage": task.stage,
-        "steps": state.step,
-        "epochs": state.epoch,
-        "stop_reason": state.stop_reason,
-        "minutes": state.elapsed_seconds / 60,
-        "best": state.best,
-        "last": last,
-        "precision": task.config.fabric.precision,
-    }
