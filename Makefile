@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.brainvq-installed
 
-.PHONY: demo test test-quick lint typecheck bench clean-venv browsers
+.PHONY: demo test test-quick lint typecheck bench clean-venv browsers check-install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,21 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The package as a user installs it: not editable, into a folder of its own, used from another folder
+# (with a decoy configs/demo.yaml there that must not replace the shipped preset).
+check-install: $(STAMP)
+	@d=$$(mktemp -d) && \
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation --target "$$d/site" . && \
+	mkdir -p "$$d/work/configs" && printf 'model:\n  num_embeddings: 7\n' > "$$d/work/configs/demo.yaml" && \
+	cd "$$d/work" && PYTHONPATH="$$d/site" $(abspath $(BIN))/python -m brainvq.cli demo --help >/dev/null && \
+	PYTHONPATH="$$d/site" $(abspath $(BIN))/python -m brainvq.cli --version && \
+	PYTHONPATH="$$d/site" $(abspath $(BIN))/python -c "import brainvq, pathlib; \
+	from brainvq.config import find_preset, load_config, preset_names; \
+	assert pathlib.Path(brainvq.__file__).is_relative_to('$$d/site'), brainvq.__file__; \
+	assert load_config(find_preset('demo')).model.num_embeddings == 128; \
+	print('installed presets:', ', '.join(preset_names()))" && \
+	rm -rf "$$d"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sampling.py

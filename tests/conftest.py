@@ -16,6 +16,13 @@ from brainvq.data.phantom import make_phantom
 torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The CPU precision probe's cache (and any other) goes to a folder of the test session, never
+    the user's ~/.cache; processes the tests start inherit it."""
+    os.environ["BRAINVQ_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 subjects (4 train, 1 validate, 1 test) of 32 slices at 64x64."""

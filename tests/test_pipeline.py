@@ -17,8 +17,7 @@ from brainvq.cli import main
 from brainvq.codes import CodeMaps
 from brainvq.config import load_config
 from brainvq.pipeline import run_pipeline
-
-from .conftest import TINY
+from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
 

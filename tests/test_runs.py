@@ -11,8 +11,7 @@ import pytest
 from brainvq.cli import main
 from brainvq.codes import CodeMaps
 from brainvq.runs import RunDir, file_hash, load_run, stage_checkpoint
-
-from .conftest import TINY
+from tests.conftest import TINY
 
 SETS = [arg for item in [*TINY, "data.limit_images=48", "data.val_limit_images=16"] for arg in ("--set", item)]
 

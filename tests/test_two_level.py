@@ -15,9 +15,8 @@ import brainvq
 from brainvq.codes import CodeMaps, decode_levels
 from brainvq.runs import RunDir, load_checkpoint
 from brainvq.sampling import Sampling, sample_codes, slice_conditions
-
-from .conftest import TINY
-from .test_resume_cli import brainvq as cli
+from tests.conftest import TINY
+from tests.training.test_resume_cli import brainvq as cli
 
 pytestmark = pytest.mark.slow
 

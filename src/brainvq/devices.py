@@ -2,13 +2,13 @@
 
 ``auto`` accelerators become CUDA when a GPU is visible, else the CPU (``gpu`` is accepted as
 Lightning's alias of ``cuda``). ``auto`` precision becomes bf16 autocast on GPUs that support it
-(fp16 otherwise) and on CPUs with native bf16 (avx512_bf16/AMX), else full fp32.
+(fp16 otherwise); on a CPU, bf16 autocast only where a short probe measured it faster than fp32
+(:mod:`brainvq.precision_probe`), else full fp32.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,15 +17,6 @@ from brainvq.errors import ConfigError
 
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on x86 CPUs with avx512_bf16 or AMX (where bf16 autocast is about 3x faster than fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_accelerator(accelerator: str) -> str:
@@ -48,7 +39,9 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     if accelerator in ("cuda", "gpu"):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     if accelerator == "cpu":
-        return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+        from brainvq.precision_probe import cpu_precision
+
+        return cpu_precision().precision  # bf16 only where a probe measured it faster here
     return "32-true"
 
 

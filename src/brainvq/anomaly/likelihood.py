@@ -4,6 +4,7 @@ or both, and completions of a slice's missing rows."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -142,3 +143,40 @@ def decode(run: LoadedRun, codes: torch.Tensor, top: torch.Tensor | None = None)
     with autocast_context(run.device, dtype):
         top = top.to(run.device) if top is not None else None
         return decode_levels(run.vqvae, codes.to(run.device), top).float().clamp(0, 1).cpu()
+
+
+def complete_image(
+    run: LoadedRun,
+    image_path: Path,
+    keep_rows: int,
+    n: int,
+    out: Path,
+    *,
+    seed: int = 0,
+    slice_index: int | None = None,
+) -> Path:
+    """``brainvq complete``: ``n`` completions of one slice of a folder (its slice index from the folder's
+    names or samples record unless given), drawn beside the original and the part kept; the figure's path."""
+    from brainvq.data.dataset import load_split
+    from brainvq.data.layout import record_slice
+    from brainvq.figures import image_grid
+
+    if not image_path.is_file():
+        raise RunError(f"{image_path}: image not found")
+    dataset = load_split(image_path.parent, "all", in_memory=False)
+    index = next((i for i, r in enumerate(dataset.records) if r.path.name == image_path.name), None)
+    if index is None:
+        raise RunError(f"{image_path}: not one of the folder's slices (a grid or an unlisted image)")
+    image = dataset.images([index])
+    known = record_slice(dataset.records[index])
+    if slice_index is None and known >= 0:
+        slice_index = known
+    if not run.config.prior.condition_on_slice:
+        slice_index = None
+    completions = complete(run, image, keep_rows, n, seed=seed, slice_index=slice_index)
+    cut = keep_rows * (image.shape[-2] // run.code_shape[0])
+    shown = image.clone()
+    shown[..., cut:, :] *= 0.35  # the part the prior does not see, dimmed
+    titles = ["original", f"kept: first {keep_rows} code rows", *[f"completion {k + 1}" for k in range(n)]]
+    return image_grid(torch.cat([image, shown, completions]), out / "completions.png", titles=titles,
+                      title=f"{image_path.name}: completions (seed {seed})")  # fmt: skip

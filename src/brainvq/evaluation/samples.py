@@ -30,6 +30,7 @@ against the same split skips both.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from brainvq.evaluation.scores import (
     KNN,
     NOTE,
     ImageSet,
+    folder_set,
     to_uint8,
 )
 from brainvq.files import atomic_save_figure, atomic_write_json
@@ -173,3 +175,70 @@ def memorisation_figure(
 def write_result(result: dict[str, Any], path: Path) -> Path:
     atomic_write_json(path, result)
     return path
+
+
+def score_samples(
+    judge_path: str | Path,
+    real_root: str | Path,
+    split: str = "validate",
+    *,
+    samples: str | Path | None = None,
+    run: str | Path | None = None,
+    n: int = 256,
+    seed: int = 0,
+    sampling_flags: tuple[Any, ...] = (None, None, None, None, None),
+    train_root: str | Path | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``brainvq evaluate-samples``: score a folder of slices, or ``n`` slices drawn from a run (with its
+    reconstructions as a reference), against ``split`` of ``real_root``; write the scores to
+    ``OUT/metrics/realism_{split}{suffix}.json`` and the figures to ``OUT/figures/realism{suffix}``.
+    ``sampling_flags``: temperature, top_p, top_map_temperature, top_map_top_p, background_check (None:
+    the run's config)."""
+    from brainvq.data.layout import available_splits, is_oasis_root
+    from brainvq.evaluation.judge import load_judge
+    from brainvq.runs import load_run
+    from brainvq.sampling.files import draw_for_realism, realism_suffix
+    from brainvq.sampling.settings import describe_sampling, resolve_sampling
+
+    if (samples is None) == (run is None):
+        raise DataError("give exactly one of --samples DIR or --run RUN (with --n N)")
+    if any(v is not None for v in sampling_flags) and run is None:
+        raise DataError(
+            "the sampling flags (--temperature, --top-p, --top-map-*, --no-background-check) need --run"
+        )
+    judge = load_judge(judge_path, device)
+    loaded, suffix, folder = None, "", None
+    if run is not None:
+        loaded = load_run(run, device)
+        sampling = resolve_sampling(loaded.config.sample, loaded.levels, *sampling_flags)
+        suffix = realism_suffix(seed, sampling)
+        folder = draw_for_realism(
+            loaded, real_root, split, n, sampling, seed=seed, device=device, progress=progress
+        )
+        images = folder_set(folder, f"samples ({run}, {describe_sampling(sampling)})")
+        out = out or loaded.root.root
+    else:
+        images = folder_set(samples, f"samples ({samples})")  # type: ignore[arg-type]
+    if train_root is None and loaded is not None and loaded.config.data.root:
+        train_root = loaded.config.data.root
+    if train_root is None and is_oasis_root(Path(real_root)) and "train" in available_splits(Path(real_root)):
+        train_root = real_root
+    if train_root is None:
+        raise DataError("no training data for the memorisation check: pass --train DATA")
+    figures = Path(out) / "figures" / (f"realism{suffix}" if suffix else "") if out else None
+    result = evaluate_samples(
+        judge, images, real_root, split, train_root=train_root, cache=Path(judge_path) / "cache", figures=figures,
+        reconstruct=vqvae_reconstructor(loaded) if loaded is not None else None,
+    )  # fmt: skip
+    if loaded is not None and folder is not None:
+        result.update(sampling._asdict())
+        drawn = json.loads((folder / "samples.json").read_text())
+        result.update(
+            {key: drawn.get(key) for key in ("background_check", "redrawn_top_maps", "unresolved_top_maps")}
+        )
+    if out:
+        atomic_write_json(Path(out) / "metrics" / f"realism_{split}{suffix}.json", result)
+    return result

@@ -81,3 +81,46 @@ def _check_resume(run: RunDir, stage: str, config: Config, resume: bool) -> None
 
 def config_from_checkpoint(path: Path) -> Config:
     return config_from_dict(load_checkpoint(path)["config"])
+
+
+def stage_config(
+    run_root: str | Path,
+    stage: str,
+    *,
+    resume: bool,
+    config_file: str | Path | None = None,
+    preset: str | None = None,
+    overrides: Sequence[str] = (),
+    data: str | Path | None = None,
+    log: Any = None,
+) -> Config:
+    """The config a training command runs with.
+
+    A new stage: defaults (or ``preset``), then ``config_file``, ``overrides`` and ``data``. A new stage
+    of an existing run (its first prior, or ``--force``) without a config file or preset: the run's saved
+    ``config.yaml`` in place of the defaults, so the preset the run was made with still holds (budgets,
+    prior architecture) and ``overrides`` change only what they name. A resumed stage: the run's own
+    saved config, then only the keys the user gave on purpose, each reported through ``log``, so a resume
+    never silently falls back to defaults.
+    """
+    from brainvq.config import find_preset
+
+    say = log or (lambda message: None)
+    saved = RunDir(run_root).config
+    if not resume:
+        if config_file is not None or preset or not saved.is_file():
+            path = config_file or (find_preset(preset) if preset else None)
+            config = load_config(path, list(overrides))
+        else:
+            config = load_config(saved, list(overrides))
+            say(f"[{stage}] starting from the run's saved config ({saved})")
+        if data is not None:
+            config.data.root = str(data)  # a path, never parsed as YAML (a folder named 2024 or yes)
+        return config
+    config, changed = resumed_config(run_root, stage, overrides, config_file)
+    if data is not None and str(data) != config.data.root:
+        changed.append(f"data.root: {config.data.root!r} -> {str(data)!r}")
+        config.data.root = str(data)
+    note = "; overridden: " + ", ".join(changed) if changed else " (nothing overridden)"
+    say(f"[{stage}] resuming with the run's saved config{note}")
+    return config

@@ -15,8 +15,7 @@ from brainvq.config import apply_overrides, load_config
 from brainvq.models import VQVAE, build_prior
 from brainvq.runs import LoadedRun, RunDir
 from brainvq.sampling import resample_codes
-
-from .conftest import TINY
+from tests.conftest import TINY
 
 
 def _run(tmp_path: Path, conditioned: bool = True) -> LoadedRun:

@@ -6,8 +6,7 @@ import pytest
 
 from brainvq.data.checks import check_data
 from brainvq.data.dataset import load_split
-
-from .conftest import oasis_root
+from tests.conftest import oasis_root
 
 ROOT = oasis_root()
 pytestmark = pytest.mark.skipif(ROOT is None, reason="no OASIS data ($BRAINVQ_OASIS or ../shared/oasis)")

@@ -16,8 +16,7 @@ import torch
 import yaml
 
 from brainvq.runs import RunDir, load_checkpoint
-
-from .conftest import TINY
+from tests.conftest import TINY
 
 
 def brainvq(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

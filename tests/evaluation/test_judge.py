@@ -18,8 +18,7 @@ from brainvq.data.dataset import load_split
 from brainvq.data.phantom import make_phantom
 from brainvq.evaluation.judge import load_judge, score_dataset, weights_hash
 from brainvq.runs import RunDir, stage_checkpoint
-
-from .conftest import JUDGE_SETS
+from tests.conftest import JUDGE_SETS
 
 
 @pytest.mark.slow

@@ -13,8 +13,7 @@ from PIL import Image
 
 from brainvq.cli import main
 from brainvq.data.layout import image_dir
-
-from .conftest import TINY
+from tests.conftest import TINY
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -122,3 +121,58 @@ def test_wrong_image_size_is_refused(
     assert code == 2 and "this run has no trained prior" in err
     code, _, err = _run(capsys, "train-prior", "--run", str(run))
     assert code == 2 and "codes/train.pt: code maps not found (run `brainvq encode` first)" in err
+
+
+def _all_actions(parser: object, path: str = "brainvq") -> list[tuple[str, object]]:
+    import argparse
+
+    found: list[tuple[str, object]] = []
+    for action in parser._actions:  # type: ignore[attr-defined]
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found += _all_actions(child, f"{path} {name}")
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            found.append((path, action))
+    return found
+
+
+def test_every_option_has_a_help_line_and_there_is_a_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from brainvq import __version__
+    from brainvq.cli import build_parser
+
+    missing = [f"{path} {'/'.join(a.option_strings) or a.dest}" for path, a in _all_actions(build_parser())
+               if not a.help]  # type: ignore[attr-defined]  # fmt: skip
+    assert missing == []
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"brainvq {__version__}"
+
+
+def test_config_show_prints_what_a_partial_file_and_overrides_resolve_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from brainvq.config import Config
+
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("prior_train:\n  max_minutes: 10\n")
+    code, out, _ = _run(capsys, "config", "show", "--config", str(partial), "--set", "sample.n=64")
+    shown = yaml.safe_load(out)
+    assert code == 0 and out.startswith(f"# resolved from {partial} with 1 --set")
+    assert shown["prior_train"]["max_minutes"] == 10 and shown["prior_train"]["batch_size"] == 8
+    assert shown["sample"]["n"] == 64 and shown["sample"]["top_map_temperature"] == 1.15
+    assert shown == {**Config().to_dict(), "prior_train": shown["prior_train"], "sample": shown["sample"]}
+    code, out, _ = _run(capsys, "config", "show", "--preset", "oasis-cpu")
+    assert code == 0 and yaml.safe_load(out)["train"]["max_steps"] == 1742
+    code, _, err = _run(capsys, "config", "show", "--set", "model.levels=3")
+    assert code == 2 and "config key 'model.levels'" in err
+
+
+def test_devices_says_what_auto_picks_and_why(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BRAINVQ_CACHE", str(tmp_path))
+    code, out, _ = _run(capsys, "devices", "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["precision"] in ("32-true", "bf16-mixed", "16-mixed") and shown["why"]

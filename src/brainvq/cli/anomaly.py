@@ -1,0 +1,125 @@
+"""Likelihood and anomaly commands: ``score``, ``anomaly``, ``complete``, ``lesions``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from brainvq.cli.common import Commands, add_device_arg, add_json_arg
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from brainvq.anomaly.likelihood import complete_image
+    from brainvq.runs import load_run
+
+    run = load_run(args.run, args.device)
+    grid = complete_image(run, Path(args.image), args.keep_rows, args.n, Path(args.out), seed=args.seed,
+                          slice_index=args.slice)  # fmt: skip
+    print(f"{args.n} completions -> {grid}")
+    return 0
+
+
+def cmd_lesions(args: argparse.Namespace) -> int:
+    from brainvq.anomaly.lesions import make_lesions
+
+    summary = make_lesions(
+        args.data, args.split, args.out, seed=args.seed, fraction=args.fraction, force=args.force
+    )
+    print(
+        f"wrote {summary['images']} slices of split {args.split} to {args.out}, {summary['lesioned']} with lesions"
+    )
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from brainvq.anomaly.detection import prepare_out, score_images
+    from brainvq.anomaly.inputs import open_inputs
+    from brainvq.runs import load_run
+
+    run = load_run(args.run, args.device)
+    run.require_prior()
+    inputs = open_inputs(args.data, args.split, args.images, None)
+    prepare_out(args.out, ("nll", "overlays"))
+    result = score_images(run, inputs, args.out, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items()}, indent=2))
+    else:
+        print(f"{result['images']} images, mean {result['mean_bits_per_code']:.3f} bits per code -> {args.out}")
+    return 0
+
+
+def cmd_anomaly(args: argparse.Namespace) -> int:
+    from brainvq.anomaly.detection import detect, prepare_out
+    from brainvq.anomaly.inputs import open_inputs
+    from brainvq.runs import load_run
+
+    run = load_run(args.run, args.device)
+    run.require_prior()
+    inputs = open_inputs(args.data, args.split, args.images, args.truth)
+    folders = ("prior", "residual", "prior_overlays", "residual_overlays", "healed") if not args.no_maps else ()
+    prepare_out(args.out, folders)
+    given = None
+    if args.dice_thresholds:
+        given = {k: float(v) for k, v in (item.split("=") for item in args.dice_thresholds.split(","))}
+    result = detect(run, inputs, args.out, quantile=args.quantile, seed=args.seed, batch_size=args.batch_size,
+                    maps=not args.no_maps, dice_threshold=given)  # fmt: skip
+    shown = {k: v for k, v in result.items() if k != "per_image"}
+    if args.json:
+        print(json.dumps(shown, indent=2))
+    else:
+        for method in ("prior", "residual"):
+            if method in result:
+                print(f"{method:9s} " + "  ".join(f"{k} {v:.4f}" for k, v in result[method].items()))
+        print(f"{result['images']} images; {result['redrawn_fraction']:.2%} of codes redrawn -> {args.out}")
+    return 0
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", type=Path, required=True, help="a run with trained priors")
+    p.add_argument("--data", type=Path, help="a data root (with --split)")
+    p.add_argument("--split", help="the split of --data (default validate)")
+    p.add_argument("--images", type=Path, help="any folder of slices instead of --data/--split")
+    p.add_argument("--out", type=Path, required=True, help="where the maps and scores go")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    add_device_arg(p)
+    add_json_arg(p)
+
+
+def add_commands(sub: Commands) -> None:
+    p = sub.add_parser("score", help="per-code NLL maps (bits) from the prior, per-image totals, overlays")
+    _add_inputs(p)
+    p.set_defaults(handler=cmd_score)
+
+    p = sub.add_parser(
+        "anomaly", help="anomaly maps: prior resampling of unlikely codes vs the reconstruction residual"
+    )
+    _add_inputs(p)
+    p.add_argument("--truth", type=Path, help="folder of lesion masks with the images' file names")
+    p.add_argument("--quantile", type=float, default=0.02, help="redraw codes below this quantile of p")
+    p.add_argument("--seed", type=int, default=0, help="seed of the redraws")
+    p.add_argument("--no-maps", action="store_true", help="scores only, no map files")
+    p.add_argument("--dice-thresholds", help="prior=T,residual=T: also report Dice at these thresholds")
+    p.set_defaults(handler=cmd_anomaly)
+
+    p = sub.add_parser("complete", help="keep the first code rows of a slice and let the prior complete it")
+    p.add_argument("--run", type=Path, required=True, help="a run with trained priors")
+    p.add_argument("--image", type=Path, required=True, help="one slice of a folder of slices")
+    p.add_argument("--keep-rows", type=int, required=True, help="code rows kept from the top of the slice")
+    p.add_argument("--n", type=int, default=4, help="how many completions")
+    p.add_argument("--seed", type=int, default=0, help="the same seed draws the same completions")
+    p.add_argument("--slice", type=int, help="slice index (default: from an OASIS file name or samples.json)")
+    p.add_argument("--out", type=Path, required=True, help="where completions.png goes")
+    add_device_arg(p)
+    p.set_defaults(handler=cmd_complete)
+
+    p = sub.add_parser("lesions", help="a copy of a split with synthetic lesions and their masks (ground truth)")
+    p.add_argument("--data", type=Path, required=True, help="a data root in the OASIS layout")
+    p.add_argument("--split", default="validate", help="the split to copy (default validate)")
+    p.add_argument("--out", type=Path, required=True, help="the lesioned data root to write")
+    p.add_argument("--seed", type=int, default=0, help="the same seed implants the same lesions")
+    p.add_argument("--fraction", type=float, default=0.5, help="fraction of slices that get lesions")
+    p.add_argument(
+        "--force", action="store_true", help="replace OUT if brainvq made it (once the new one is built)"
+    )
+    p.set_defaults(handler=cmd_lesions)
