@@ -28,7 +28,7 @@ from brainvq.errors import BrainVQError
 MARKER = ".brainvq"
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
@@ -54,7 +54,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     def write(tmp: Path) -> None:
         tmp.write_text(text)
 
-    _atomic(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def finite_json(data: Any) -> Any:
@@ -75,17 +75,17 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """``torch.save`` to a temporary file, then rename (never a half-written checkpoint)."""
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_save_figure(path: Path, figure: Any, **kwargs: Any) -> None:
     """Save a matplotlib figure atomically as PNG."""
-    _atomic(Path(path), lambda tmp: figure.savefig(tmp, format="png", **kwargs))
+    atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", **kwargs))
 
 
 def atomic_save_image(path: Path, image: Any) -> None:
     """Save a PIL image atomically as PNG."""
-    _atomic(Path(path), lambda tmp: image.save(tmp, format="PNG"))
+    atomic_write(Path(path), lambda tmp: image.save(tmp, format="PNG"))
 
 
 def file_hash(path: Path, length: int = 16) -> str:

@@ -176,3 +176,16 @@ def test_devices_says_what_auto_picks_and_why(
     code, out, _ = _run(capsys, "devices", "--json")
     shown = json.loads(out)
     assert code == 0 and shown["precision"] in ("32-true", "bf16-mixed", "16-mixed") and shown["why"]
+
+
+def test_the_generated_references_are_current() -> None:
+    """docs/cli.md and docs/configuration.md are what `python -m brainvq.cli.reference` writes now."""
+    from brainvq.cli.reference import cli_reference, config_reference
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    assert (docs / "cli.md").read_text() == cli_reference(), (
+        "run: python -m brainvq.cli.reference cli > docs/cli.md"
+    )
+    assert (docs / "configuration.md").read_text() == config_reference(), (
+        "run: python -m brainvq.cli.reference config > docs/configuration.md"
+    )

@@ -73,7 +73,7 @@ def test_judge_bad_input_is_one_line(
 ) -> None:
     other = tmp_path / "other"
     other.mkdir()
-    for i in range(3):
+    for i in range(4):
         Image.fromarray(np.zeros((32, 32), np.uint8)).save(other / f"s{i}.png")
     assert main(["segment", "--judge", str(trained_judge), str(other), str(tmp_path / "m")]) == 2
     assert "but the judge was trained on 64x64 images" in capsys.readouterr().err
