@@ -3,7 +3,7 @@
 
 Every user-facing error (bad data, bad config, a run that would be overwritten, a mismatched
 checkpoint) prints one ``brainvq: error: ...`` line and exits non-zero, without a traceback.
-Files: ``common`` (shared flags), ``data``, ``training``, ``generation``, ``anomaly``, ``settings``.
+Files: ``common`` (shared flags), ``data``, ``conform``, ``training``, ``generation``, ``anomaly``, ``settings``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from brainvq.errors import BrainVQError
 
 def build_parser() -> argparse.ArgumentParser:
     from brainvq import __version__
-    from brainvq.cli import anomaly, data, generation, settings, training
+    from brainvq.cli import anomaly, conform, data, generation, settings, training
 
     parser = argparse.ArgumentParser(prog="brainvq", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"brainvq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data, training, generation, anomaly, settings):
+    for module in (data, conform, training, generation, anomaly, settings):
         module.add_commands(sub)
     return parser
 

@@ -85,6 +85,7 @@ def train_vqvae(
     fabric = make_fabric(config.fabric, stage_loggers(run, "vqvae"))
     if fabric.is_global_zero:
         save_config(config, run.config)
+        store_template(run, config, train_set)
     task = VQVAETask(config, config.train, train_set, val_set)
     return launch_task(fabric, task, run, resume, progress, {"image_size": list(train_set.image_size)})
 
@@ -171,3 +172,15 @@ def _fill_code_shapes(config: Config, codes: CodeMaps) -> None:
         config.top_prior.code_height, config.top_prior.code_width = (int(n) for n in codes.top_indices.shape[1:])
         config.prior.context_num_embeddings = config.model.top_num_embeddings
         config.prior.context_factor = config.model.top_downsample
+
+
+def store_template(run: RunDir, config: Config, train_set: SliceDataset) -> None:
+    """``RUN/template.npz``: the training split's mean slice stack, which ``brainvq conform --like RUN``
+    registers scans to (OASIS layout only: a plain folder has no slice indices)."""
+    from brainvq.conform.template import TEMPLATE_FILE, data_hash, template_from_dataset
+    from brainvq.data.layout import is_oasis_root
+
+    root = config.data.root
+    if root is None or not is_oasis_root(Path(root)) or any(r.slice_index < 0 for r in train_set.records):
+        return
+    template_from_dataset(train_set, data_hash(root, config.data.train_split)).save(run.root / TEMPLATE_FILE)
