@@ -67,6 +67,7 @@ def test_every_stage_completes(finished_run: Path) -> None:
     codes = CodeMaps.load(finished_run / "codes" / "train.pt")
     assert codes.indices.shape == (128, 16, 16) and codes.indices.dtype == torch.int16
     assert codes.subjects.tolist()[:2] == [1, 1] and codes.slices.tolist()[:2] == [0, 1]
+    assert (finished_run / "template.npz").is_file()  # train-vqvae stores what `conform --like RUN` needs
 
 
 def test_evaluation_json(finished_run: Path, phantom_root: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -167,3 +167,31 @@ def test_a_slab_outside_the_scan_is_flagged(phantom_root: Path, moved: tuple[np.
     result = conform_scan(_save((volume * 1000).astype(np.int16), affine, tmp_path / "sub-001.nii.gz"),
                           template_of(phantom_root), ConformOptions())  # fmt: skip
     assert not result.record["ok"] and "not fully inside the scan" in result.record["problem"]
+
+
+def test_labels_follow_the_scan_and_a_run_stores_its_template(
+    phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--labels: the label volume goes through the same transform (nearest neighbour) and lands on the
+    subject's own masks; `template --run` stores the template a run is conformed to."""
+    subject, stack = _stack(phantom_root)
+    masks = np.stack([np.asarray(Image.open(phantom_root / "keras_png_slices_seg_test" / f"seg_{subject:03d}_slice_{k}.nii.png"))
+                      for k in range(32)])  # fmt: skip
+    move = _move((6, 4, -5), (3, 2, -4))
+    volume, affine = stack_volume(stack, pad=8, move=move)
+    labels, _ = stack_volume((masks // 85).astype(np.float32), pad=8, move=move)
+    _save((volume * 1000).astype(np.int16), affine, tmp_path / "scans" / "sub-007.nii.gz")
+    _save(labels.astype(np.uint8), affine, tmp_path / "labels" / "sub-007_dseg.nii.gz")
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["template", "--run", str(run), "--data", str(phantom_root)]) == 0
+    assert (run / "template.npz").is_file()
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert main(["conform", str(tmp_path / "scans"), str(out), "--like", str(run), "--labels", str(tmp_path / "labels"),
+                 "--split", "validate"]) == 0  # fmt: skip
+    written = np.stack([np.asarray(Image.open(out / "keras_png_slices_seg_validate" / f"seg_007_slice_{k}.nii.png"))
+                        for k in range(32)])  # fmt: skip
+    assert set(np.unique(written)) <= {0, 85, 170, 255}
+    brain, truth = written > 0, masks > 0
+    assert 2 * (brain & truth).sum() / (brain.sum() + truth.sum()) > 0.9

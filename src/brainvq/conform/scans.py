@@ -105,7 +105,7 @@ def _near(brain: np.ndarray) -> np.ndarray:
 
 
 def _correlation(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
-    if where.sum() < 10 or a[where].std() == 0 or b[where].std() == 0:
+    if where.sum() < 10 or a[where].std() < 1e-6 or b[where].std() < 1e-6:
         return 0.0  # a constant slice (nothing of the scan there) correlates with nothing
     return float(np.corrcoef(a[where], b[where])[0, 1])
 
