@@ -49,3 +49,24 @@ def test_lesions_are_in_the_brain_deterministic_and_masked_exactly(
     assert check_data(tmp_path / "a")["problems"] == []
     assert main(["lesions", "--data", str(phantom_root), "--split", "validate", "--out", str(tmp_path / "a")]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_force_replaces_the_old_copy_only_once_the_new_one_is_built(
+    phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lesions --force` that fails while writing (a 16-bit slice, found only then) leaves the old copy
+    whole (issue 35, item 10: the old copy used to be deleted first)."""
+    import shutil
+
+    from brainvq.cli import main
+
+    out = tmp_path / "lesions"
+    assert main(["lesions", "--data", str(phantom_root), "--split", "validate", "--out", str(out)]) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    data = tmp_path / "data"
+    shutil.copytree(phantom_root, data)
+    last = sorted(image_dir(data, "validate").glob("*.png"))[-1]
+    Image.fromarray(np.asarray(Image.open(last)).astype(np.uint16) * 257).save(last)
+    assert main(["lesions", "--data", str(data), "--split", "validate", "--out", str(out), "--force"]) == 2
+    assert "8-bit slices only" in capsys.readouterr().err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
