@@ -105,3 +105,26 @@ def trained_judge(judge_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
     config = load_config(None, [f"data.root={judge_data}", *JUDGE_SETS])
     train_judge(config, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def finished_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A whole pipeline on the phantom with tiny one-level models (tests that change it work on a copy)."""
+    from brainvq.pipeline import run_pipeline
+
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    config = load_config(
+        None,
+        [
+            f"data.root={phantom_root}",
+            *TINY,
+            "train.max_steps=30",
+            "prior_train.max_steps=20",
+            "prior.arch=gated",
+            "prior.condition_on_slice=true",
+            "prior.positional=true",
+            "sample.batch_size=4",
+        ],
+    )
+    run_pipeline(config, run, progress=False, samples=4, device="cpu", log=lambda *_: None)
+    return run

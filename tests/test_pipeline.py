@@ -33,26 +33,6 @@ STAGES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def finished_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("pipeline") / "run"
-    config = load_config(
-        None,
-        [
-            f"data.root={phantom_root}",
-            *TINY,
-            "train.max_steps=30",
-            "prior_train.max_steps=20",
-            "prior.arch=gated",
-            "prior.condition_on_slice=true",
-            "prior.positional=true",
-            "sample.batch_size=4",
-        ],
-    )
-    run_pipeline(config, run, progress=False, samples=4, device="cpu", log=lambda *_: None)
-    return run
-
-
 def test_every_stage_completes(finished_run: Path) -> None:
     assert json.loads((finished_run / "pipeline.json").read_text())["completed"] == STAGES
     for name in (

@@ -56,6 +56,8 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
 
     run = load_run(args.run, args.device)
     run.require_prior()
+    if getattr(args, "volumes", None) is not None:
+        return _anomaly_volumes(args, run)
     inputs = open_inputs(args.data, args.split, args.images, args.truth)
     folders = ("prior", "residual", "prior_overlays", "residual_overlays", "healed") if not args.no_maps else ()
     prepare_out(args.out, folders)
@@ -72,6 +74,26 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
             if method in result:
                 print(f"{method:9s} " + "  ".join(f"{k} {v:.4f}" for k, v in result[method].items()))
         print(f"{result['images']} images; {result['redrawn_fraction']:.2%} of codes redrawn -> {args.out}")
+    return 0
+
+
+def _anomaly_volumes(args: argparse.Namespace, run: object) -> int:
+    from brainvq.anomaly.detection import prepare_out
+    from brainvq.anomaly.volumes import detect_volumes
+    from brainvq.errors import DataError
+
+    if args.data is not None or args.images is not None:
+        raise DataError("give one of --volumes DIR, --data DATA --split S, or --images DIR")
+    prepare_out(args.out, ())
+    log = (lambda message: None) if args.json else print
+    result = detect_volumes(run, args.volumes, args.out, truth_volumes=args.truth_volumes, quantile=args.quantile,  # type: ignore[arg-type]
+                            seed=args.seed, batch_size=args.batch_size, log=log)  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif "pooled" in result:
+        for method in ("anomaly", "residual"):
+            shown = {k: v for k, v in result["pooled"][method].items() if isinstance(v, float)}
+            print(f"{method:9s} " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     return 0
 
 
@@ -96,6 +118,12 @@ def add_commands(sub: Commands) -> None:
     )
     _add_inputs(p)
     p.add_argument("--truth", type=Path, help="folder of lesion masks with the images' file names")
+    p.add_argument(
+        "--volumes", type=Path, help="a folder of scans (or one): conformed, mapped, written back as NIfTI"
+    )
+    p.add_argument(
+        "--truth-volumes", type=Path, help="with --volumes: lesion masks in each scan's grid, by subject id"
+    )
     p.add_argument("--quantile", type=float, default=0.02, help="redraw codes below this quantile of p")
     p.add_argument("--seed", type=int, default=0, help="seed of the redraws")
     p.add_argument("--no-maps", action="store_true", help="scores only, no map files")

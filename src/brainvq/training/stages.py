@@ -177,10 +177,15 @@ def _fill_code_shapes(config: Config, codes: CodeMaps) -> None:
 def store_template(run: RunDir, config: Config, train_set: SliceDataset) -> None:
     """``RUN/template.npz``: the training split's mean slice stack, which ``brainvq conform --like RUN``
     registers scans to (OASIS layout only: a plain folder has no slice indices)."""
-    from brainvq.conform.template import TEMPLATE_FILE, data_hash, template_from_dataset
+    from brainvq.conform.template import TEMPLATE_FILE, build_template, data_hash, template_from_dataset
     from brainvq.data.layout import is_oasis_root
 
     root = config.data.root
     if root is None or not is_oasis_root(Path(root)) or any(r.slice_index < 0 for r in train_set.records):
         return
-    template_from_dataset(train_set, data_hash(root, config.data.train_split)).save(run.root / TEMPLATE_FILE)
+    split = config.data.train_split
+    if config.data.limit_images is None and config.data.limit_subjects is None:
+        template = template_from_dataset(train_set, data_hash(root, split))
+    else:  # trained on a subset: the template is the whole split's, read from disk
+        template = build_template(root, split)
+    template.save(run.root / TEMPLATE_FILE)
