@@ -225,5 +225,7 @@ def test_mni152_from_nilearns_wheel_conforms_to_oasis(tmp_path: Path) -> None:
     if spec is None or root is None:
         pytest.skip("needs nilearn (the dev extra) and ../shared/oasis")
     data = Path(next(iter(spec.submodule_search_locations or []))) / "datasets" / "data"
-    result = conform_scan(data / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz", template_of(root), ConformOptions())
+    result = conform_scan(
+        data / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz", template_of(root), ConformOptions()
+    )
     assert result.record["ok"] and result.record["correlation"] > 0.65
