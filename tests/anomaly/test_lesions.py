@@ -42,10 +42,10 @@ def test_lesions_are_in_the_brain_deterministic_and_masked_exactly(
         lesioned += int(mask.any())
     record = json.loads((tmp_path / "a" / "lesions.json").read_text())
     assert lesioned == record["lesioned"] > 5
-    radii = [blob["radius"] for blobs in record["blobs"].values() for blob in blobs]
+    blobs = [blob for blobs in record["blobs"].values() for blob in blobs]
+    radii = [blob["radius"] for blob in blobs if blob["kind"] != "ms-hypo"]
     assert min(radii) >= 3 and max(radii) <= 20
-    kinds = {blob["kind"] for blobs in record["blobs"].values() for blob in blobs}
-    assert kinds == {"hyper", "hypo"}
+    assert {blob["kind"] for blob in blobs} == {"hyper", "hypo", "ms-hypo"}
     assert check_data(tmp_path / "a")["problems"] == []
     assert main(["lesions", "--data", str(phantom_root), "--split", "validate", "--out", str(tmp_path / "a")]) == 2
     assert "--force" in capsys.readouterr().err
@@ -70,3 +70,31 @@ def test_force_replaces_the_old_copy_only_once_the_new_one_is_built(
     assert main(["lesions", "--data", str(data), "--split", "validate", "--out", str(out), "--force"]) == 2
     assert "8-bit slices only" in capsys.readouterr().err
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_ms_like_lesions_are_small_dark_ovoids_in_periventricular_white_matter(
+    phantom_root: Path, tmp_path: Path
+) -> None:
+    """`--types ms`: clusters of 3-8 mm hypointense ovoids, only in white matter, near the ventricles."""
+    from scipy.ndimage import distance_transform_edt
+
+    out = tmp_path / "ms"
+    assert main(["lesions", "--data", str(phantom_root), "--split", "validate", "--out", str(out), "--types", "ms",
+                 "--fraction", "1"]) == 0  # fmt: skip
+    record = json.loads((out / "lesions.json").read_text())
+    blobs = [blob for blobs in record["blobs"].values() for blob in blobs]
+    assert record["lesioned"] > 5 and {b["kind"] for b in blobs} == {"ms-hypo"}
+    assert all(1.5 <= b["radius"] <= 4 for b in blobs) and all(2 <= len(v) <= 6 for v in record["blobs"].values())
+    original, tissue = _load(image_dir(phantom_root, "validate")), _load(mask_dir(phantom_root, "validate"))
+    images, truths = _load(image_dir(out, "validate")), _load(lesion_dir(out, "validate"))
+    for name, image in images.items():
+        mask = truths[name.replace("case_", "lesion_")] > 0
+        if not mask.any():
+            continue
+        labels = tissue[name.replace("case_", "seg_")] // 85  # grey levels 0/85/170/255 -> labels 0..3
+        assert (labels[mask] == 3).all()  # white matter only
+        assert (image[mask].astype(int) <= original[name][mask].astype(int)).all()  # darker, never brighter
+        ventricles = (labels == 1) & (distance_transform_edt(labels > 0) > 10)
+        assert distance_transform_edt(~ventricles)[mask].max() <= 8 + 4 + 2  # seed within 8 px, radius <= 4
+    assert main(["lesions", "--data", str(phantom_root), "--split", "validate", "--out", str(tmp_path / "x"),
+                 "--types", "cysts"]) == 2  # fmt: skip

@@ -9,6 +9,11 @@ synthetic-anomaly protocol of the MOOD challenge (Zimmerer et al. 2022) on 2D sl
   without masks, anywhere in the head) and cut to the brain, never in the background;
 * the contrast is hyper- or hypo-intense (the blob's pixels move towards 0.9 or 0.05 of the
   intensity range by 40 to 90 %), with a sharp or a smooth (Gaussian-feathered) edge;
+* MS-like lesions (``--types ms``): a cluster of 2 to 6 small ovoids (radius 1.5 to 4 pixels, i.e.
+  3 to 8 mm on OASIS's 1 mm pixels; elongated, aspect 0.4 to 0.7) in the periventricular white matter
+  (white matter within 8 pixels of the ventricles' CSF; without masks, skipped), hypointense as on T1
+  (towards 0.2 of the range by 50 to 85 %), cut to the white matter;
+* by default each lesioned slice gets one of the two kinds at random (``--types blob,ms``);
 * the ground-truth mask (``keras_png_slices_lesion_S/lesion_NNN_slice_K.nii.png``, 0/255) is exactly
   the set of pixels whose value changed; ``lesions.json`` lists every blob.
 
@@ -53,14 +58,16 @@ class Blob:
     strength: float
 
 
-def _blob_alpha(shape: tuple[int, int], blob: Blob, rng: np.random.Generator) -> np.ndarray:
+def _blob_alpha(
+    shape: tuple[int, ...], blob: Blob, rng: np.random.Generator, aspect: tuple[float, float] = (0.5, 1.0)
+) -> np.ndarray:
     """Opacity in [0, 1] of one blob: an ellipse with a wobbly outline, sharp or feathered."""
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     dy, dx = rows - blob.centre[0], cols - blob.centre[1]
     angle = rng.uniform(0, np.pi)
-    aspect = rng.uniform(0.5, 1.0)
+    ratio = rng.uniform(*aspect)
     u = dx * np.cos(angle) + dy * np.sin(angle)
-    v = (-dx * np.sin(angle) + dy * np.cos(angle)) / aspect
+    v = (-dx * np.sin(angle) + dy * np.cos(angle)) / ratio
     theta = np.arctan2(v, u)
     wobble = 1 + sum(rng.uniform(-0.15, 0.15) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
     distance = np.sqrt(u**2 + v**2) / (blob.radius * wobble)
@@ -69,14 +76,56 @@ def _blob_alpha(shape: tuple[int, int], blob: Blob, rng: np.random.Generator) ->
     return np.clip(1.5 - distance, 0.0, 1.0).astype(np.float32) ** 1.5  # feathered over half a radius
 
 
+TYPES = ("blob", "ms")
+
+
+def _ms_cluster(values: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[Blob]]:
+    """A cluster of small hypointense ovoids in the periventricular white matter (see the module doc)."""
+    from scipy.ndimage import distance_transform_edt
+
+    brain, white = labels > 0, labels == 3
+    deep = distance_transform_edt(brain) > 10  # away from the brain's edge: the ventricles, not the sulci
+    ventricles = (labels == 1) & deep
+    if not ventricles.any() or not white.any():
+        return values, []
+    near = white & (distance_transform_edt(~ventricles) <= 8)
+    candidates = np.argwhere(near)
+    if len(candidates) == 0:
+        return values, []
+    seed_point = candidates[rng.integers(len(candidates))]
+    close = candidates[np.abs(candidates - seed_point).max(1) <= 12]
+    out, blobs = values.copy(), []
+    for _ in range(int(rng.integers(2, 7))):
+        centre = tuple(int(c) for c in close[rng.integers(len(close))])
+        blob = Blob((centre[0], centre[1]), float(rng.uniform(1.5, 4.0)), "periventricular white matter", "ms-hypo",
+                    str(rng.choice(["sharp", "smooth"])), float(rng.uniform(0.5, 0.85)))  # fmt: skip
+        alpha = _blob_alpha(values.shape, blob, rng, aspect=(0.4, 0.7)) * white * blob.strength
+        out = out * (1 - alpha) + 0.2 * alpha
+        blobs.append(blob)
+    return out, blobs
+
+
 def implant(
-    image: np.ndarray, labels: np.ndarray | None, rng: np.random.Generator
+    image: np.ndarray, labels: np.ndarray | None, rng: np.random.Generator, types: tuple[str, ...] = TYPES
 ) -> tuple[np.ndarray, np.ndarray, list[Blob]]:
-    """Implant 1-3 blobs into ``image`` (uint8, H x W) inside the brain; returns (new image, truth mask, blobs)."""
+    """Implant one kind of lesion (``types``: blobs, or an MS-like cluster) into ``image`` (uint8, H x W)
+    inside the brain; returns (new image, truth mask, blobs)."""
     values = image.astype(np.float32) / 255.0
     brain = labels > 0 if labels is not None else values > 0.1
     if brain.sum() < 50:
         return image, np.zeros_like(image, dtype=bool), []
+    kind = str(rng.choice(list(types)))
+    if kind == "ms":
+        out, blobs = _ms_cluster(values, labels, rng) if labels is not None else (values, [])
+    else:
+        out, blobs = _blobs(values, labels, brain, rng)
+    new = (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return new, new != image, blobs
+
+
+def _blobs(
+    values: np.ndarray, labels: np.ndarray | None, brain: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, list[Blob]]:
     tissues = {"white matter": labels == 3, "grey matter": labels == 2} if labels is not None else {"brain": brain}
     blobs = []
     out = values.copy()
@@ -92,20 +141,28 @@ def implant(
             str(rng.choice(["sharp", "smooth"])),
             float(rng.uniform(0.4, 0.9)),
         )
-        alpha = _blob_alpha(image.shape, blob, rng) * brain * blob.strength  # (H, W) never in the background
+        alpha = _blob_alpha(values.shape, blob, rng) * brain * blob.strength  # (H, W) never in the background
         target = 0.9 if blob.kind == "hyper" else 0.05
         out = out * (1 - alpha) + target * alpha
         blobs.append(blob)
-    new = (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return new, new != image, blobs
+    return out, blobs
 
 
 def make_lesions(
-    data: str | Path, split: str, out: str | Path, *, seed: int = 0, fraction: float = 0.5, force: bool = False
+    data: str | Path,
+    split: str,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    fraction: float = 0.5,
+    force: bool = False,
+    types: tuple[str, ...] = TYPES,
 ) -> dict[str, object]:
     """Write a lesioned copy of split ``split`` under ``out`` (see the module doc); returns a summary."""
     if not 0 < fraction <= 1:
         raise DataError(f"--fraction must be in (0, 1], got {fraction}")
+    if not types or any(t not in TYPES for t in types):
+        raise DataError(f"--types takes {', '.join(TYPES)} (comma-separated), got {','.join(types)}")
     out = Path(out)
     check_replaceable(out, "lesion dataset", force)
     dataset = load_split(data, split, in_memory=False)
@@ -114,7 +171,7 @@ def make_lesions(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        record = _write(dataset.records, split, tmp, seed, fraction)
+        record = _write(dataset.records, split, tmp, seed, fraction, types)
         mark_owned(tmp, "lesions")
         swap_in(tmp, out)  # the old copy goes only once the new one is complete
     finally:
@@ -123,7 +180,9 @@ def make_lesions(
     return {"out": str(out), "split": split, "images": len(dataset), "lesioned": record["lesioned"], "seed": seed}
 
 
-def _write(records: list[SliceRecord], split: str, out: Path, seed: int, fraction: float) -> dict[str, object]:
+def _write(
+    records: list[SliceRecord], split: str, out: Path, seed: int, fraction: float, types: tuple[str, ...]
+) -> dict[str, object]:
     for folder in (image_dir(out, split), lesion_dir(out, split)):
         folder.mkdir(parents=True)
     has_masks = all(r.mask_path is not None for r in records)
@@ -139,7 +198,7 @@ def _write(records: list[SliceRecord], split: str, out: Path, seed: int, fractio
         labels = read_mask(r.mask_path) if r.mask_path is not None else None
         truth = np.zeros_like(image, dtype=bool)
         if rng.uniform() < fraction:
-            image, truth, blobs = implant(image, labels, rng)
+            image, truth, blobs = implant(image, labels, rng, types)
             if blobs:
                 lesioned += 1
                 listing[image_name(r.subject, r.slice_index)] = [asdict(b) for b in blobs]
@@ -149,6 +208,13 @@ def _write(records: list[SliceRecord], split: str, out: Path, seed: int, fractio
         )
         if r.mask_path is not None and has_masks:
             shutil.copy(r.mask_path, mask_dir(out, split) / r.mask_path.name)
-    summary = {"split": split, "seed": seed, "fraction": fraction, "lesioned": lesioned, "blobs": listing}
+    summary = {
+        "split": split,
+        "seed": seed,
+        "fraction": fraction,
+        "types": list(types),
+        "lesioned": lesioned,
+        "blobs": listing,
+    }
     (out / "lesions.json").write_text(json.dumps(summary, indent=1))
     return summary

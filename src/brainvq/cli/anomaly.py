@@ -24,8 +24,9 @@ def cmd_lesions(args: argparse.Namespace) -> int:
     from brainvq.anomaly.lesions import make_lesions
 
     summary = make_lesions(
-        args.data, args.split, args.out, seed=args.seed, fraction=args.fraction, force=args.force
-    )
+        args.data, args.split, args.out, seed=args.seed, fraction=args.fraction, force=args.force,
+        types=tuple(t.strip() for t in args.types.split(",") if t.strip()),
+    )  # fmt: skip
     print(
         f"wrote {summary['images']} slices of split {args.split} to {args.out}, {summary['lesioned']} with lesions"
     )
@@ -147,6 +148,9 @@ def add_commands(sub: Commands) -> None:
     p.add_argument("--out", type=Path, required=True, help="the lesioned data root to write")
     p.add_argument("--seed", type=int, default=0, help="the same seed implants the same lesions")
     p.add_argument("--fraction", type=float, default=0.5, help="fraction of slices that get lesions")
+    p.add_argument(
+        "--types", default="blob,ms", help="blob (1-3 blobs of 3-20 px), ms (MS-like clusters); default both"
+    )
     p.add_argument(
         "--force", action="store_true", help="replace OUT if brainvq made it (once the new one is built)"
     )
