@@ -106,7 +106,9 @@ def register(
     if transform not in TRANSFORMS:
         raise DataError(f"the transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
     started = time.perf_counter()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, len(os.sched_getaffinity(0))))
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(
+        max(1, os.cpu_count() or 1)
+    )  # sched_getaffinity is Linux-only
     rigid = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
     )
