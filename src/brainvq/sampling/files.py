@@ -13,7 +13,6 @@ from brainvq.data.dataset import load_split
 from brainvq.devices import (
     resolve_device,
 )
-from brainvq.evaluation.scores import matching_slices
 from brainvq.figures import image_grid
 from brainvq.runs import (
     LoadedRun,
@@ -146,6 +145,8 @@ def draw_for_realism(
     slices = None
     if any(p is not None and p.config.condition_on_slice for p in (loaded.prior, loaded.top_prior)):
         real = load_split(real_root, split, in_memory=False).slice_indices()
+        from brainvq.evaluation.scores import matching_slices  # here: the judge's stack is heavy to import
+
         slices = None if bool((real < 0).any()) else matching_slices(real, n)  # a plain folder: no indices
     wanted: dict[str, Any] = {
         "vqvae_hash": loaded.vqvae_hash,
