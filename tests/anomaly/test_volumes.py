@@ -94,4 +94,6 @@ def test_bad_volumes_are_one_line(finished_run: Path, phantom_root: Path, tmp_pa
     )
     assert main([*argv, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)["volumes"][0]
-    assert not record["ok"] and "did not register" in record["problem"]
+    # noise either lands nowhere near the template's brain or pulls the slab outside the scan: both
+    # refusals are right, and which one a threaded registration of noise meets first can vary
+    assert not record["ok"] and ("did not register" in record["problem"] or "not fully inside" in record["problem"])
