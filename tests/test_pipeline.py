@@ -209,14 +209,19 @@ def test_score_anomaly_and_complete_commands(
     assert main(["anomaly", "--run", str(finished_run), "--data", str(lesions), "--split", "validate",
                  "--out", str(out), "--json"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
-    for method in ("prior", "residual"):
-        assert {"pixel_ap", "pixel_auroc", "best_dice", "image_auroc"} <= set(result[method])
-        assert 0 <= result[method]["pixel_ap"] <= 1
+    assert result["chosen_method"] == "nll_z"  # a one-level run: no top map
+    assert list(result["methods"]) == ["nll_z", "residual", "intensity"]
+    for scores in result["methods"].values():
+        assert {"pixel_ap", "pixel_auroc", "best_dice", "dice_at_operating_threshold", "image_auroc"} <= set(
+            scores
+        )
+        assert 0 <= scores["pixel_ap"] <= 1 and 0 <= scores["dice_at_operating_threshold"] <= 1
     assert 0 < result["lesion_pixel_fraction"] < 1
     name = "case_005_slice_16.nii.png"
-    assert (out / "prior" / name).is_file() and (out / "residual_overlays" / name).is_file()
-    assert np.load(out / "prior" / "case_005_slice_16.nii.npy").shape == (64, 64)
-    assert (finished_run / "metrics" / "anomaly_threshold.json").is_file()
+    assert (out / "anomaly" / name).is_file() and (out / "residual_overlays" / name).is_file()
+    assert np.load(out / "anomaly" / "case_005_slice_16.nii.npy").shape == (64, 64)
+    assert (finished_run / "metrics" / "anomaly_reference.pt").is_file()
+    assert (finished_run / "metrics" / "anomaly_operating_thresholds.json").is_file()
     assert (
         result["figure"] == str(out / "anomaly_examples.png")
         and (out / "anomaly_examples.png").stat().st_size > 5000
@@ -229,7 +234,9 @@ def test_score_anomaly_and_complete_commands(
     assert main(["anomaly", "--run", str(finished_run), "--images", str(lesions / "keras_png_slices_validate"),
                  "--truth", str(truth), "--out", str(tmp_path / "again"), "--json", "--no-maps"]) == 0  # fmt: skip
     again = json.loads(capsys.readouterr().out)
-    assert again["residual"]["image_auroc"] == pytest.approx(result["residual"]["image_auroc"])  # same maps
+    # a plain folder has no tissue masks: the maps are restricted to the bright foreground instead
+    assert again["images"] == result["images"] and again["lesion_pixel_fraction"] > 0
+    assert list(again["methods"]) == list(result["methods"])
     assert main(["score", "--run", str(finished_run), "--data", str(phantom_root), "--split", "validate",
                  "--out", str(tmp_path / "score"), "--json"]) == 0  # fmt: skip
     scores = json.loads(capsys.readouterr().out)

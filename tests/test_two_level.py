@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import brainvq
+import brainvq.anomaly.methods
 from brainvq.codes import CodeMaps, decode_levels
 from brainvq.runs import RunDir, load_checkpoint
 from brainvq.sampling import Sampling, sample_codes, slice_conditions
@@ -175,6 +176,119 @@ def test_score_anomaly_and_complete_on_a_two_level_run(
     anomaly = cli("anomaly", "--run", str(two_level_run), "--data", str(phantom_root), "--split", "validate",
                   "--out", str(tmp_path / "anomaly"), "--json", "--no-maps")  # fmt: skip
     assert anomaly.returncode == 0, anomaly.stderr[-2000:]
+
+
+def test_a_reversed_top_prior_gives_every_method_and_reads_the_map_backwards(
+    two_level_run: Path, phantom_root: Path, tmp_path: Path
+) -> None:
+    """``train-prior --level top-reversed`` trains a second top prior on the turned maps; with it,
+    ``anomaly --methods all`` scores every method (issue 37), and its NLL map is the turned maps' own."""
+    from brainvq.anomaly.reference import reversed_top_nll_bits
+
+    run = tmp_path / "run"
+    shutil.copytree(two_level_run, run)
+    trained = cli(
+        "train-prior", "--run", str(run), "--level", "top-reversed", "--max-steps", "10", "--quiet", "--json"
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    state = load_checkpoint(RunDir(run).checkpoint("prior_top_reversed", "last"))
+    assert state["level"] == "top_reversed" and state["loop"]["step"] == 10
+    loaded = brainvq.load_run(run, "cpu")
+    assert loaded.top_reversed_prior is not None and loaded.config.top_prior.num_layers == 2
+    codes = CodeMaps.load(run / "codes" / "validate.pt")
+    top, slices = codes.top_indices[:4].long(), codes.slices[:4]
+    logits = loaded.top_reversed_prior(top.flip(1, 2), slices)  # the prior reads the turned map
+    expected = -torch.log_softmax(logits.float(), 1).gather(1, top.flip(1, 2)[:, None])[:, 0] / torch.log(
+        torch.tensor(2.0)
+    )
+    assert torch.allclose(reversed_top_nll_bits(loaded, top, slices), expected.flip(1, 2), atol=1e-5)
+    lesions = tmp_path / "lesions"
+    assert (
+        cli("lesions", "--data", str(phantom_root), "--split", "validate", "--out", str(lesions)).returncode == 0
+    )
+    anomaly = cli("anomaly", "--run", str(run), "--data", str(lesions), "--split", "validate", "--methods", "all",
+                  "--out", str(tmp_path / "anomaly"), "--json", "--no-maps", timeout=900)  # fmt: skip
+    assert anomaly.returncode == 0, anomaly.stderr[-2000:]
+    result = json.loads(anomaly.stdout)
+    assert result["chosen_method"] == "levels_z"
+    assert set(result["methods"]) == set(brainvq.anomaly.methods.METHODS)
+    for scores in result["methods"].values():
+        assert 0 <= scores["pixel_ap"] <= 1 and 0 <= scores["dice_at_operating_threshold"] <= 1
+    missing = cli("anomaly", "--run", str(two_level_run), "--data", str(lesions), "--split", "validate",
+                  "--methods", "top_z_both_orders", "--out", str(tmp_path / "refused"))  # fmt: skip
+    assert missing.returncode != 0 and "top-reversed" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.fixture(scope="module")
+def stack_run(two_level_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("stack") / "run"
+    shutil.copytree(two_level_run, run)
+    trained = cli("train-prior", "--run", str(run), "--level", "stack", "--max-steps", "10", "--quiet",
+                  "--set", "top_prior.context_mode=prefix")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    return run
+
+
+def test_the_stack_prior_learns_each_slice_after_the_previous_one_of_its_subject(stack_run: Path) -> None:
+    codes = CodeMaps.load(stack_run / "codes" / "train.pt")
+    stack = codes.level("stack")
+    assert codes.top_indices is not None and codes.top_num_embeddings is not None
+    assert stack.top_num_embeddings == codes.top_num_embeddings + 1
+    for i in (0, 5, 40, len(codes) - 1):
+        subject, index = int(codes.subjects[i]), int(codes.slices[i])
+        batch = stack.batch([i])
+        assert torch.equal(batch["codes"][0], codes.top_indices[i].long())
+        if index == 0:
+            assert (batch["context"] == codes.top_num_embeddings).all()  # "no previous slice"
+        else:
+            before = int(((codes.subjects == subject) & (codes.slices == index - 1)).nonzero()[0])
+            assert torch.equal(batch["context"][0], codes.top_indices[before].long())
+    state = load_checkpoint(RunDir(stack_run).checkpoint("prior_stack", "last"))
+    assert state["level"] == "stack" and state["config"]["top_prior"]["context_mode"] == "prefix"
+    resolved = (stack_run / "config.yaml").read_text()
+    assert "context_mode: prefix" not in resolved  # the run's own top prior section is untouched
+
+
+def test_sample_volumes_writes_stacks_a_viewer_and_brainvq_read_back(stack_run: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image
+
+    from brainvq.conform.geometry import stack_volume
+
+    out = tmp_path / "stacks"
+    drawn = cli("sample", "--run", str(stack_run), "--volumes", "2", "--out", str(out), "--seed", "3", "--json")
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    record = json.loads(drawn.stdout)
+    assert record["stacks"] == 2 and record["slices"] == 32 and (out / "stacks.png").stat().st_size > 5000
+    for subject in (1, 2):
+        image = nib.load(str(out / f"stack_{subject:03d}.nii.gz"))
+        volume = np.asanyarray(image.dataobj)
+        pngs = np.stack([np.asarray(Image.open(out / "keras_png_slices_generated" / f"case_{subject:03d}_slice_{k}.nii.png"))
+                         for k in range(32)])  # fmt: skip
+        expected, affine = stack_volume(pngs, pad=0)
+        assert volume.shape == (64, 64, 32) and np.array_equal(volume, expected)  # the PNGs, in slice order
+        assert np.allclose(image.affine, affine) and nib.aff2axcodes(image.affine) == ("A", "L", "S")
+    again = cli("sample", "--run", str(stack_run), "--volumes", "2", "--out", str(tmp_path / "again"), "--seed", "3",
+                "--json")  # fmt: skip
+    assert again.returncode == 0
+    first = np.asanyarray(nib.load(str(out / "stack_002.nii.gz")).dataobj)
+    assert np.array_equal(first, np.asanyarray(nib.load(str(tmp_path / "again" / "stack_002.nii.gz")).dataobj))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    refused = cli("sample", "--run", str(stack_run), "--volumes", "1", "--out", str(foreign))
+    assert refused.returncode != 0 and "did not make" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_the_fast_stack_sampler_draws_what_the_naive_one_draws(stack_run: Path) -> None:
+    from brainvq.sampling.stacks import sample_stacks
+
+    run = brainvq.load_run(stack_run, "cpu")
+    fast = sample_stacks(run, 2, seed=1, sampler="fast")
+    naive = sample_stacks(run, 2, seed=1, sampler="naive")
+    assert torch.equal(fast.top_codes, naive.top_codes) and torch.equal(fast.codes, naive.codes)
+    assert fast.images.shape == (2, 32, 64, 64)
 
 
 def _prior_weights(run: Path, stage: str) -> dict[str, torch.Tensor]:

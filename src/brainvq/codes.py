@@ -95,16 +95,47 @@ class CodeMaps:
         return batch
 
     def level(self, name: str) -> CodeMaps:
-        """The maps one prior learns: ``bottom`` (these maps, with the top maps as context) or ``top``
-        (the top maps alone). A one-level set has only ``bottom``."""
+        """The maps one prior learns: ``bottom`` (these maps, with the top maps as context), ``top``
+        (the top maps alone) or ``top_reversed`` (the top maps turned by 180 degrees, so that a prior
+        reading them in raster order reads the anatomy from the last row back: a second ordering for
+        anomaly scores). A one-level set has only ``bottom``."""
         if name == "bottom":
             return self
-        if name != "top" or self.top_indices is None or self.top_num_embeddings is None:
+        if name == "stack":
+            return self._stack_level()
+        if name not in TOP_LEVELS or self.top_indices is None or self.top_num_embeddings is None:
             raise RunError(f"{self.split} code maps have no {name!r} level")
+        maps = self.top_indices if name == "top" else reverse_order(self.top_indices)
         return CodeMaps(
-            self.top_indices, self.subjects, self.slices, self.split, self.top_num_embeddings,
-            self.image_size, self.vqvae_hash,
+            maps, self.subjects, self.slices, self.split, self.top_num_embeddings, self.image_size, self.vqvae_hash,
         )  # fmt: skip
+
+    def _stack_level(self) -> CodeMaps:
+        """The stack prior's maps: each top map with the previous slice's top map of the same subject as
+        its context (the code ``top_num_embeddings``, "no previous slice", where there is none)."""
+        if self.top_indices is None or self.top_num_embeddings is None:
+            raise RunError(f"{self.split} code maps have no top maps: the stack prior needs a two-level run")
+        if bool((self.subjects < 0).any()) or bool((self.slices < 0).any()):
+            raise RunError(f"{self.split} code maps lack subject ids or slice indices: no stacks to learn from")
+        where = {(int(s), int(k)): i for i, (s, k) in enumerate(zip(self.subjects, self.slices, strict=True))}
+        previous = torch.full_like(self.top_indices, self.top_num_embeddings)
+        for i, (subject, index) in enumerate(zip(self.subjects.tolist(), self.slices.tolist(), strict=True)):
+            before = where.get((subject, index - 1))
+            if before is not None:
+                previous[i] = self.top_indices[before]
+        return CodeMaps(
+            self.top_indices, self.subjects, self.slices, self.split, self.top_num_embeddings, self.image_size,
+            self.vqvae_hash, previous, self.top_num_embeddings + 1,
+        )  # fmt: skip
+
+
+TOP_LEVELS = ("top", "top_reversed")
+NO_PREVIOUS = "no previous slice"  # the stack prior's last context code
+
+
+def reverse_order(maps: torch.Tensor) -> torch.Tensor:
+    """Maps (..., h, w) turned by 180 degrees: raster order backwards (its own inverse)."""
+    return maps.flip(-2, -1)
 
 
 def encode_levels(model: AnyVQVAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -180,6 +180,17 @@ class LoadedRun:
     top_prior: Any | None = None  # two-level runs: the transformer (or other) prior of the top map
     top_prior_hash: str | None = None
     top_prior_problem: str | None = None
+    top_reversed_prior: Any | None = None  # optional: the top map read backwards (anomaly maps' second ordering)
+    stack_prior: Any | None = None  # optional: slice k's top map given slice k-1's (whole stacks)
+    stack_prior_config: Any | None = None  # its PriorConfig
+
+    def require_stack_prior(self) -> Any:
+        """The stack prior, or a RunError saying how to train it."""
+        if self.stack_prior is None:
+            raise RunError(
+                f"{self.root.root}: no stack prior in this run (run `brainvq train-prior --level stack`)"
+            )
+        return self.stack_prior
 
     @property
     def levels(self) -> int:
@@ -255,15 +266,18 @@ def load_run(path: str | Path, device: str | torch.device = "auto") -> LoadedRun
     image_size = tuple(state.get("image_size") or _image_size(state))
     vqvae_hash = file_hash(vqvae_path)
     prior, prior_hash, prior_problem = _load_prior(run, "prior", config, vqvae_hash, device)
-    top_prior, top_hash, top_problem = None, None, None
+    top_prior, top_hash, top_problem, reversed_prior, stack_prior = None, None, None, None, None
     if config.model.levels == 2:
         top_prior, top_hash, top_problem = _load_prior(run, "prior_top", config, vqvae_hash, device)
+        reversed_prior = _load_prior(run, "prior_top_reversed", config, vqvae_hash, device, keep_config=False)[0]
+        stack_prior = _load_prior(run, "prior_stack", config, vqvae_hash, device, keep_config=False)[0]
     config.sample = sampling_config(run, config)
     if config.fabric.channels_last:
         vqvae = vqvae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return LoadedRun(
         run, config, vqvae.to(device).eval(), prior, image_size, vqvae_hash, prior_hash, prior_problem, device,
-        top_prior, top_hash, top_problem,
+        top_prior, top_hash, top_problem, reversed_prior, stack_prior,
+        stack_prior.config if stack_prior is not None else None,
     )  # fmt: skip
 
 
@@ -276,10 +290,10 @@ def sampling_config(run: RunDir, config: Any) -> Any:
 
 
 def _load_prior(
-    run: RunDir, stage: str, config: Any, vqvae_hash: str, device: torch.device
+    run: RunDir, stage: str, config: Any, vqvae_hash: str, device: torch.device, keep_config: bool = True
 ) -> tuple[Any | None, str | None, str | None]:
-    """(prior, its checkpoint hash, why it was not loaded) for stage ``prior`` or ``prior_top``;
-    copies the prior's config sections into ``config``."""
+    """(prior, its checkpoint hash, why it was not loaded) for stage ``prior``, ``prior_top`` or
+    ``prior_top_reversed``; copies the prior's config sections into ``config`` if ``keep_config``."""
     from brainvq.config import config_from_dict
     from brainvq.models import build_prior
 
@@ -296,7 +310,7 @@ def _load_prior(
         )
         return None, None, problem
     prior_config = config_from_dict(prior_state["config"])
-    top = stage == "prior_top"
+    top = stage != "prior"
     size, saved = (
         (config.model.top_num_embeddings, prior_config.model.top_num_embeddings)
         if top
@@ -307,8 +321,9 @@ def _load_prior(
     section, train_section = ("top_prior", "top_prior_train") if top else ("prior", "prior_train")
     prior = build_prior(getattr(prior_config, section), size)
     load_module_state(prior, prior_path, prior_state)
-    setattr(config, section, getattr(prior_config, section))
-    setattr(config, train_section, getattr(prior_config, train_section))
+    if keep_config:
+        setattr(config, section, getattr(prior_config, section))
+        setattr(config, train_section, getattr(prior_config, train_section))
     return prior.to(device).eval(), file_hash(prior_path), None
 
 

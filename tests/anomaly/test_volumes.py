@@ -54,8 +54,10 @@ def test_maps_are_written_in_the_scans_grid_and_the_json_agrees_with_them(
     record = result["volumes"][0]
     assert record["ok"], record
     scan = nib.load(str(next(scans.iterdir())))
+    files = result["files"]  # method -> file suffix; the chosen method's is "anomaly"
+    assert files == {"nll_z": "anomaly", "residual": "residual", "intensity": "intensity"}
     written = {}
-    for method in ("anomaly", "residual", "coverage", "brain"):
+    for method in (*files.values(), "coverage", "brain"):
         image = nib.load(str(out / f"{Path(record['volume']).name.split('.')[0]}_{method}.nii.gz"))
         assert image.shape == scan.shape and np.allclose(image.affine, scan.affine)
         written[method] = np.asanyarray(image.dataobj)
@@ -65,10 +67,8 @@ def test_maps_are_written_in_the_scans_grid_and_the_json_agrees_with_them(
     # the scores in the JSON are those of the written files (inside the brain and the covered slab)
     stem = Path(record["volume"]).name.split(".")[0]
     brain_and_slab = (np.asanyarray(nib.load(str(out / f"{stem}_brain.nii.gz")).dataobj) > 0) & covered
-    again = scores(
-        {m: written[m] for m in ("anomaly", "residual")}, truth, brain_and_slab, result["operating_thresholds"]
-    )
-    for method in ("anomaly", "residual"):
+    again = scores({m: written[files[m]] for m in files}, truth, brain_and_slab, result["operating_thresholds"])
+    for method in files:
         for key in ("pixel_ap", "pixel_auroc", "best_dice", "dice_at_operating_threshold"):
             assert again[method][key] == pytest.approx(record["scores"][method][key], rel=1e-4), (method, key)
     assert again["lesion_voxel_fraction"] == pytest.approx(record["scores"]["lesion_voxel_fraction"])
@@ -96,4 +96,6 @@ def test_bad_volumes_are_one_line(finished_run: Path, phantom_root: Path, tmp_pa
     record = json.loads(capsys.readouterr().out)["volumes"][0]
     # noise either lands nowhere near the template's brain or pulls the slab outside the scan: both
     # refusals are right, and which one a threaded registration of noise meets first can vary
-    assert not record["ok"] and ("did not register" in record["problem"] or "not fully inside" in record["problem"])
+    assert not record["ok"] and (
+        "did not register" in record["problem"] or "not fully inside" in record["problem"]
+    )

@@ -74,3 +74,65 @@ def test_dropout_only_in_training() -> None:
     assert torch.equal(prior(codes, condition), prior(codes, condition))
     prior.train()
     assert not torch.equal(prior(codes, condition), prior(codes, condition))
+
+
+def _stack_prior(mode: str) -> TransformerPrior:
+    torch.manual_seed(0)
+    config = PriorConfig(
+        arch="transformer", hidden_channels=32, num_layers=2, num_heads=4, condition_on_slice=True, num_slices=8,
+        code_height=SIZE, code_width=SIZE, context_num_embeddings=11, context_mode=mode,
+    )  # fmt: skip
+    prior = build_prior(config, num_embeddings=10)
+    assert isinstance(prior, TransformerPrior)
+    return prior.eval()
+
+
+@pytest.mark.parametrize("mode", ["aligned", "prefix"])
+def test_the_stack_prior_reads_the_previous_slice_and_nothing_later(mode: str) -> None:
+    """Slice k's logits change with slice k-1's top map (the context); within slice k, position t
+    sees only codes before t (by gradients); a context is required."""
+    prior = _stack_prior(mode)
+    codes = torch.randint(0, 10, (1, SIZE, SIZE))
+    previous = torch.randint(0, 11, (1, SIZE, SIZE))
+    condition = torch.tensor([3])
+    changed = previous.clone()
+    changed[0, SIZE - 1, SIZE - 1] = (changed[0, SIZE - 1, SIZE - 1] + 1) % 11  # the previous map's last code
+    a, b = prior(codes, condition, previous), prior(codes, condition, changed)
+    if mode == "prefix":  # the whole previous map is visible to every position, the first included
+        assert not torch.allclose(a[..., 0, 0], b[..., 0, 0])
+    else:  # aligned: only positions whose 3x3 neighbourhood holds the change
+        assert torch.equal(a[..., 0, 0], b[..., 0, 0]) and not torch.allclose(a[..., -1, -1], b[..., -1, -1])
+    embedded = prior.token(codes.reshape(1, -1)).detach().requires_grad_(True)  # (1, T, C)
+    # the token embeddings as a leaf: a hook hands the same values back, differentiable
+    hook = prior.token.register_forward_hook(lambda module, inputs, output: embedded[:, : output.shape[1]])
+    try:
+        logits = prior(codes, condition, previous).reshape(1, 10, -1)  # (1, K, T)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(logits, a.reshape(1, 10, -1))
+    for position in (0, 1, 7, SIZE * SIZE - 1):
+        embedded.grad = None
+        logits[0, :, position].sum().backward(retain_graph=True)
+        grad = embedded.grad[0].abs().sum(1) if embedded.grad is not None else torch.zeros(SIZE * SIZE)  # (T,)
+        assert grad[position:].max() == 0, f"logits at {position} see the present or future"
+    with pytest.raises(ValueError, match="context"):
+        prior(codes, condition)
+
+
+@pytest.mark.parametrize("mode", ["aligned", "prefix"])
+def test_the_stack_priors_cached_steps_equal_the_full_pass(mode: str) -> None:
+    prior = _stack_prior(mode)
+    codes = torch.randint(0, 10, (3, SIZE, SIZE))
+    previous = torch.randint(0, 11, (3, SIZE, SIZE))
+    condition = torch.tensor([0, 4, 7])
+    with torch.no_grad():
+        full = prior(codes, condition, previous).reshape(3, 10, -1)  # (B, K, T)
+        flat = codes.reshape(3, -1)
+        cache = prior.new_cache()
+        for t in range(SIZE * SIZE):
+            step = prior.step(flat, t, cache, condition, previous)
+            torch.testing.assert_close(step, full[:, :, t], rtol=1e-5, atol=1e-5)
+        cache = prior.new_cache()
+        for t in (0, 5, 6, 30):
+            step = prior.step(flat, t, cache, condition, previous)
+            torch.testing.assert_close(step, full[:, :, t], rtol=1e-5, atol=1e-5)

@@ -11,13 +11,15 @@ import torch
 
 from brainvq.anomaly.inputs import Inputs
 from brainvq.anomaly.likelihood import (
-    DEFAULT_QUANTILE,
     code_nll_bits,
     encode,
     top_nll_bits,
 )
-from brainvq.anomaly.maps import heal, image_score, probability_threshold
-from brainvq.anomaly.scoring import PixelScores, dice_at, save_threshold
+from brainvq.anomaly.maps import image_score, probability_threshold
+from brainvq.anomaly.methods import DEFAULT_METHOD, available, check_methods, method_maps, segment
+from brainvq.anomaly.operating import brain_of, operating_thresholds
+from brainvq.anomaly.reference import healthy_reference
+from brainvq.anomaly.scoring import PixelScores, save_threshold
 from brainvq.data.dataset import iterate_batches
 from brainvq.errors import RunError
 from brainvq.files import atomic_write_json
@@ -126,68 +128,110 @@ def run_threshold(run: LoadedRun, quantile: float, data_root: str | Path | None)
     return threshold
 
 
+def default_methods(run: LoadedRun) -> list[str]:
+    """What ``anomaly`` computes unless told: the chosen method and the two baselines."""
+    return [chosen_method(run), "residual", "intensity"]
+
+
+def chosen_method(run: LoadedRun) -> str:
+    """:data:`DEFAULT_METHOD` where the run can make it, else the best one it can (one-level runs: ``nll_z``)."""
+    names = available(run)
+    return DEFAULT_METHOD if DEFAULT_METHOD in names else "nll_z"
+
+
+def _methods(run: LoadedRun, methods: list[str] | None) -> list[str]:
+    if not methods:
+        return default_methods(run)
+    if methods == ["all"]:
+        return [chosen_method(run), *[m for m in available(run) if m != chosen_method(run)]]
+    return check_methods(run, list(dict.fromkeys(methods)))
+
+
+class SegmentCounts:
+    """Dice at a fixed threshold, with small components removed (:func:`segment`), summed over batches."""
+
+    def __init__(self) -> None:
+        self.overlap = self.predicted = self.true = 0
+
+    def update(self, maps: torch.Tensor, truth: torch.Tensor, brain: torch.Tensor, threshold: float) -> None:
+        predicted = torch.from_numpy(segment(maps.numpy(), threshold)) & brain
+        self.overlap += int((predicted & truth & brain).sum())
+        self.predicted += int(predicted.sum())
+        self.true += int((truth & brain).sum())
+
+    def dice(self) -> float:
+        return 2 * self.overlap / max(self.predicted + self.true, 1)
+
+
 def detect(
     run: LoadedRun,
     inputs: Inputs,
     out: Path,
     *,
-    quantile: float = DEFAULT_QUANTILE,
+    methods: list[str] | None = None,
     seed: int = 0,
     batch_size: int = 16,
     maps: bool = True,
-    dice_threshold: dict[str, float] | None = None,
+    reference_data: str | Path | None = None,
 ) -> dict[str, Any]:
-    """``brainvq anomaly``: both methods' maps (PNG, .npy, overlays), per-image scores and, with truth,
-    pixel AP/AUROC, best Dice and image AUROC/AP for each method."""
+    """``brainvq anomaly``: each method's map for every input (:mod:`brainvq.anomaly.methods`); the chosen
+    one's and the residual's written as .npy, PNG and overlays; per-image scores; and, with truth, per
+    method: pixel AP/AUROC, best Dice, Dice at the operating threshold, image AUROC/AP and seconds."""
+    import time
+
     from PIL import Image
 
-    from brainvq.evaluation.metrics import foreground_mask
-
-    threshold = run_threshold(run, quantile, None)
-    scores = {"prior": PixelScores.empty(), "residual": PixelScores.empty()}
-    per_image = []
-    redrawn_fraction = []
+    names = _methods(run, methods)
+    reference = healthy_reference(run, reference_data)
+    operating = operating_thresholds(run, reference, names, reference_data, seed=seed, batch_size=batch_size)
+    scores = {m: PixelScores.empty() for m in names}
+    segments = {m: SegmentCounts() for m in names}
+    seconds = dict.fromkeys(names, 0.0)
+    per_image: list[dict[str, Any]] = []
+    written = {names[0]: "anomaly", "residual": "residual"}
     for batch in iterate_batches(inputs.dataset, batch_size):
         index = batch["index"].tolist()
-        result = heal(run, batch["image"], _slices_or_none(inputs, index), threshold, seed=seed + index[0])
-        redrawn_fraction.append(float(result.redrawn.float().mean()))
-        brain = (batch["mask"] > 0) if "mask" in batch else foreground_mask(batch["image"])[:, 0]
+        slices, brain = _slices_or_none(inputs, index), brain_of(batch)
+        result = {}
+        for method in names:  # one at a time, to time each (the shared encoding is repeated)
+            started = time.perf_counter()
+            result.update(
+                method_maps(run, reference, batch["image"], slices, brain, [method], seed=seed + index[0])
+            )
+            seconds[method] += time.perf_counter() - started
         if inputs.truth is not None:
             truth = torch.stack(
                 [torch.from_numpy(np.asarray(Image.open(inputs.truth[i]).convert("L")) > 0) for i in index]
             )
-            scores["prior"].update(result.prior_map, truth, brain)
-            scores["residual"].update(result.residual_map, truth, brain)
-        prior_scores, residual_scores = image_score(result.prior_map), image_score(result.residual_map)
+            for method in names:
+                scores[method].update(result[method], truth, brain)
+                segments[method].update(result[method], truth, brain, operating[method])
+        image_scores = {m: image_score(result[m]) for m in names}
         for k, i in enumerate(index):
-            name = inputs.names[i]
-            per_image.append({"image": name, "prior_score": float(prior_scores[k]), "residual_score": float(residual_scores[k]),
-                              "redrawn_codes": int(result.redrawn[k].sum())})  # fmt: skip
+            per_image.append(
+                {"image": inputs.names[i], **{f"{m}_score": float(image_scores[m][k]) for m in names}}
+            )
             if maps:
-                stem = Path(name).stem
-                for method, heat in (("prior", result.prior_map[k]), ("residual", result.residual_map[k])):
-                    np.save(out / method / f"{stem}.npy", heat.numpy().astype(np.float16))
-                    _save_png(out / method / name, (np.clip(heat.numpy() / 0.5, 0, 1) * 255).astype(np.uint8))
-                    _save_png(
-                        out / f"{method}_overlays" / name, overlay(result.images[k, 0].numpy(), heat.numpy(), 0.3)
-                    )
-                _save_png(out / "healed" / name, (result.healed[k, 0].numpy() * 255 + 0.5).astype(np.uint8))
+                _write_maps(out, inputs.names[i], batch["image"][k, 0].numpy(),
+                            {folder: result[m][k].numpy() for m, folder in written.items() if m in result},
+                            {folder: operating[m] for m, folder in written.items() if m in result})  # fmt: skip
     summary: dict[str, Any] = {
         "images": len(per_image),
-        "probability_threshold": threshold,
-        "quantile": quantile,
-        "redrawn_fraction": float(np.mean(redrawn_fraction)),
+        "chosen_method": names[0],
+        "operating_thresholds": operating,
+        "seconds_per_32_slices": {m: 32 * seconds[m] / max(len(per_image), 1) for m in names},
         "vqvae_hash": run.vqvae_hash,
         "prior_hash": run.prior_hash,
+        "top_prior_hash": run.top_prior_hash,
     }
     if inputs.truth is not None:
-        for method, accumulated in scores.items():
-            summary[method] = accumulated.summary()
-            if dice_threshold and method in dice_threshold:
-                values, truths = torch.cat(accumulated.values).float(), torch.cat(accumulated.truths)
-                summary[method]["dice_at_given_threshold"] = dice_at(values, truths, dice_threshold[method])
-        truths = torch.cat(scores["prior"].truths)
-        summary["lesion_pixel_fraction"] = float(truths.float().mean())
+        summary["methods"] = {}
+        for method in names:
+            summary["methods"][method] = {
+                **scores[method].summary(),
+                "dice_at_operating_threshold": segments[method].dice(),
+            }
+        summary["lesion_pixel_fraction"] = float(torch.cat(scores[names[0]].truths).float().mean())
     summary["per_image"] = per_image
     atomic_write_json(out / "anomaly.json", summary)
     if maps and inputs.truth is not None:
@@ -195,27 +239,49 @@ def detect(
     return summary
 
 
+def _write_maps(
+    out: Path, name: str, image: np.ndarray, heats: dict[str, np.ndarray], scales: dict[str, float]
+) -> None:
+    """The maps of one slice: ``FOLDER/<stem>.npy`` (float16), a gray PNG and an overlay per folder; the
+    colour scale runs to twice the method's operating threshold."""
+    stem = Path(name).stem
+    for folder, heat in heats.items():
+        top = 2 * max(scales[folder], 1e-6)
+        np.save(out / folder / f"{stem}.npy", heat.astype(np.float16))
+        _save_png(out / folder / name, (np.clip(heat / top, 0, 1) * 255).astype(np.uint8))
+        _save_png(out / f"{folder}_overlays" / name, overlay(image, heat, top))
+
+
 def examples_figure(out: Path, inputs: Inputs, count: int = 6, show_inputs: bool = True) -> Path:
-    """``OUT/anomaly_examples.png``: for ``count`` lesioned slices spread over the split, the input,
-    the true lesion mask, the prior method's map and the residual's map (both on one colour scale).
-    ``show_inputs=False`` leaves the input row out (``anomaly_maps.png``, for sharing without images)."""
+    """``OUT/anomaly_examples.png``: for ``count`` lesioned slices spread over the split, the input, the
+    true lesion mask, the chosen method's map and the residual's map (each up to twice its operating
+    threshold, from ``OUT/anomaly.json``). ``show_inputs=False`` leaves the input row out
+    (``anomaly_maps.png``, for sharing without images)."""
+    import json
+
     import matplotlib.pyplot as plt
     from PIL import Image
 
     from brainvq.figures import save_figure
 
     assert inputs.truth is not None
+    summary = json.loads((out / "anomaly.json").read_text())
+    chosen, scales = summary["chosen_method"], summary["operating_thresholds"]
     lesioned = [i for i, path in enumerate(inputs.truth) if np.asarray(Image.open(path)).any()]
     picks = lesioned[:: max(1, len(lesioned) // count)][:count]
-    rows = ("input", "true lesion", "prior (healed residual)", "VQ-VAE residual")[0 if show_inputs else 1 :]
+    rows = ("input", "true lesion", f"{chosen} (chosen)", "VQ-VAE residual")[0 if show_inputs else 1 :]
     figure, axes = plt.subplots(len(rows), len(picks), figsize=(2.2 * len(picks), 2.3 * len(rows)), squeeze=False)
     for col, i in enumerate(picks):
         name, stem = inputs.names[i], Path(inputs.names[i]).stem
         panels = [
             (inputs.dataset.images([i])[0, 0].numpy(), "gray", 1.0),
             (np.asarray(Image.open(inputs.truth[i])) > 0, "gray", 1.0),
-            (np.load(out / "prior" / f"{stem}.npy").astype(np.float32), "inferno", 0.3),
-            (np.load(out / "residual" / f"{stem}.npy").astype(np.float32), "inferno", 0.3),
+            (np.load(out / "anomaly" / f"{stem}.npy").astype(np.float32), "inferno", 2 * scales[chosen]),
+            (
+                np.load(out / "residual" / f"{stem}.npy").astype(np.float32),
+                "inferno",
+                2 * scales.get("residual", 0.15),
+            ),
         ][0 if show_inputs else 1 :]
         for row, (panel, colours, top) in enumerate(panels):
             axes[row, col].imshow(panel, cmap=colours, vmin=0, vmax=top)

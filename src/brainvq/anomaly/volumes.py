@@ -1,20 +1,21 @@
 """``brainvq anomaly --volumes``: whole scans in, anomaly maps out, in each scan's own voxel grid.
 
-Each volume is conformed to the run's template (:mod:`brainvq.conform`), both methods' maps are made on
-its conformed slices (the prior's healed residual, which is the chosen map, and the VQ-VAE residual),
-and each map is written back through the registration into the scan's grid, as NIfTI with the scan's
+Each volume is conformed to the run's template (:mod:`brainvq.conform`), each method's map is made on
+its conformed slices (:mod:`brainvq.anomaly.methods`: the chosen one and the baselines by default), and
+each map is written back through the registration into the scan's grid, as NIfTI with the scan's
 affine, so it opens over the scan in any viewer:
 
-* ``OUT/<name>_anomaly.nii.gz``: the prior method's map; ``OUT/<name>_residual.nii.gz``: the residual;
+* ``OUT/<name>_anomaly.nii.gz``: the chosen method's map; ``OUT/<name>_<method>.nii.gz`` the others
+  (``_residual``, ``_intensity``, ...);
 * ``OUT/<name>_coverage.nii.gz``: 1 where the conformed slab covers the scan (maps are 0 elsewhere);
 * ``OUT/<name>_brain.nii.gz``: the template's brain carried into the scan (where the scores are taken);
 * ``OUT/<name>.png``: every fourth conformed slice with the map over it.
 
 With ``--truth-volumes`` (lesion masks in each scan's grid, matched by subject id), every method is
 scored in the scan's grid, inside the brain (the template's, carried through the registration) and the
-covered slab: pixel AP and AUROC, best Dice (an upper bound), Dice at the operating threshold (the
-99th percentile of the method's values over healthy validate slices of the run, stored with it), and
-the lesion voxel fraction; per volume and pooled.
+covered slab: pixel AP and AUROC, best Dice (an upper bound), Dice at the operating threshold
+(:mod:`brainvq.anomaly.operating`; here a plain threshold in the scan's grid, without the small-component
+removal the slice scores apply), and the lesion voxel fraction; per volume and pooled.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from brainvq.anomaly.maps import heal
+from brainvq.anomaly.methods import method_maps
+from brainvq.anomaly.operating import operating_thresholds
+from brainvq.anomaly.reference import HealthyReference, healthy_reference
 from brainvq.anomaly.scoring import best_dice, dice_at
 from brainvq.conform.mapback import coverage_volume, save_nifti, to_source_grid
 from brainvq.conform.scans import ConformOptions, conform_scan
@@ -35,75 +38,22 @@ from brainvq.errors import DataError
 from brainvq.files import atomic_write_json
 from brainvq.runs import LoadedRun
 
-METHODS = {"anomaly": "prior_map", "residual": "residual_map"}  # file suffix -> Healed field; the first is chosen
-HEALTHY_QUANTILE = 0.99
-HEALTHY_SLICES = 64
-
 
 def slice_maps(
-    run: LoadedRun, slices: np.ndarray, threshold: float, *, seed: int, batch_size: int
-) -> dict[str, np.ndarray]:
-    """Both methods' maps (K, H, W) for one conformed stack (slice k conditioned on index k)."""
+    run: LoadedRun, reference: HealthyReference, slices: np.ndarray, brain: np.ndarray, methods: list[str], *,
+    seed: int, batch_size: int,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Each method's maps (K, H, W) for one conformed stack (slice k conditioned on index k)."""
     images = torch.from_numpy(slices)[:, None]  # (K, H, W) -> (K, 1, H, W)
     indices = torch.arange(len(slices))
-    maps: dict[str, list[torch.Tensor]] = {name: [] for name in METHODS}
+    masks = torch.from_numpy(brain)
+    maps: dict[str, list[torch.Tensor]] = {name: [] for name in methods}
     for start in range(0, len(slices), batch_size):
         part = slice(start, start + batch_size)
-        healed = heal(run, images[part], indices[part], threshold, seed=seed + start)
-        for name, field in METHODS.items():
-            maps[name].append(getattr(healed, field).float())
+        made = method_maps(run, reference, images[part], indices[part], masks[part], methods, seed=seed + start)
+        for name in methods:
+            maps[name].append(made[name].float())
     return {name: torch.cat(parts).numpy() for name, parts in maps.items()}
-
-
-def operating_thresholds(run: LoadedRun, threshold: float, *, seed: int, batch_size: int) -> dict[str, float]:
-    """Each method's :data:`HEALTHY_QUANTILE` over the brain pixels of up to :data:`HEALTHY_SLICES` healthy
-    validate slices, spread over the split (stored in ``RUN/metrics/anomaly_operating_thresholds.json``)."""
-    import json
-
-    from brainvq.codes import decode_levels
-    from brainvq.evaluation.metrics import foreground_mask
-
-    path = run.root.metrics / "anomaly_operating_thresholds.json"
-    key = {
-        "vqvae_hash": run.vqvae_hash,
-        "prior_hash": run.prior_hash,
-        "quantile": HEALTHY_QUANTILE,
-        "threshold": threshold,
-    }
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if all(stored.get(k) == v for k, v in key.items()):
-            return {name: float(stored[name]) for name in METHODS}
-    from brainvq.codes import CodeMaps
-
-    split = run.config.data.val_split or "validate"
-    code_path = run.root.code_file(split)
-    if not code_path.is_file():
-        raise DataError(
-            f"{run.root.root}: no {split} code maps to set the operating threshold (run `brainvq encode`)"
-        )
-    codes = CodeMaps.load(code_path).check_made_by(run.vqvae_hash, code_path)
-    picks = torch.linspace(0, len(codes) - 1, min(HEALTHY_SLICES, len(codes))).round().long()
-    top = codes.top_indices[picks].long() if codes.top_indices is not None else None
-    images = (
-        decode_levels(
-            run.vqvae, codes.indices[picks].long().to(run.device), top.to(run.device) if top is not None else None
-        )
-        .float()
-        .cpu()
-    )
-    values: dict[str, list[torch.Tensor]] = {name: [] for name in METHODS}
-    for start in range(0, len(picks), batch_size):
-        part = slice(start, start + batch_size)
-        healed = heal(run, images[part], codes.slices[picks][part], threshold, seed=seed + start)
-        brain = foreground_mask(images[part])[:, 0]
-        for name, field in METHODS.items():
-            values[name].append(getattr(healed, field)[brain].float())
-    result = {
-        name: float(torch.quantile(torch.cat(v)[:1_000_000], HEALTHY_QUANTILE)) for name, v in values.items()
-    }
-    atomic_write_json(path, {**key, **result})
-    return result
 
 
 def scores(
@@ -128,11 +78,11 @@ def scores(
 
 
 def detect_volumes(
-    run: LoadedRun, volumes: Path, out: Path, *, truth_volumes: Path | None = None, quantile: float = 0.02,
-    seed: int = 0, batch_size: int = 16, log: Any = print,
+    run: LoadedRun, volumes: Path, out: Path, *, truth_volumes: Path | None = None, methods: list[str] | None = None,
+    seed: int = 0, batch_size: int = 16, reference_data: str | Path | None = None, log: Any = print,
 ) -> dict[str, Any]:  # fmt: skip
     """See the module doc; returns (and writes to ``OUT/anomaly_volumes.json``) the per-volume records."""
-    from brainvq.anomaly.detection import run_threshold
+    from brainvq.anomaly.detection import _methods
     from brainvq.data.slicing import DEFAULT_SUBJECT_PATTERN, assign_subjects
     from brainvq.data.volumes import find_volumes, is_volume
 
@@ -153,11 +103,13 @@ def detect_volumes(
                 raise DataError(
                     f"{truths[subject]}: truth volume of shape {truth_shape}, but its scan {path.name} is {scan_shape}"
                 )
-    threshold = run_threshold(run, quantile, None)
-    operating = operating_thresholds(run, threshold, seed=seed, batch_size=batch_size) if truths else {}
+    names = _methods(run, methods)
+    files = {names[0]: "anomaly", **{m: m for m in names[1:]}}  # method -> file suffix; the first is chosen
+    reference = healthy_reference(run, reference_data)
+    operating = operating_thresholds(run, reference, names, reference_data, seed=seed, batch_size=batch_size)
     brain = template.brain_mask().astype(np.float32)
     records: list[dict[str, Any]] = []
-    pooled: dict[str, list[np.ndarray]] = {"truth": [], **{name: [] for name in METHODS}}
+    pooled: dict[str, list[np.ndarray]] = {"truth": [], **{name: [] for name in names}}
     out.mkdir(parents=True, exist_ok=True)
     for subject, path in sorted(scans.items()):
         name = path.name.split(".")[0]
@@ -170,35 +122,38 @@ def detect_volumes(
             continue
         header: Any = nib.load(str(path))
         shape, affine = tuple(header.shape[:3]), np.asarray(header.affine, float)
-        maps = slice_maps(run, conformed.slices, threshold, seed=seed, batch_size=batch_size)
-        in_scan = {m: to_source_grid(maps[m], conformed.transform, shape, affine) for m in METHODS}
+        maps = slice_maps(run, reference, conformed.slices, brain > 0.5, names, seed=seed, batch_size=batch_size)
+        in_scan = {m: to_source_grid(maps[m], conformed.transform, shape, affine) for m in names}
         covered = coverage_volume(brain.shape, conformed.transform, shape, affine)
         for method, volume in in_scan.items():
-            record[f"{method}_file"] = str(
-                save_nifti(volume.astype(np.float32), affine, out / f"{name}_{method}.nii.gz")
+            record[f"{files[method]}_file"] = str(
+                save_nifti(volume.astype(np.float32), affine, out / f"{name}_{files[method]}.nii.gz")
             )
         record["coverage_file"] = str(save_nifti(covered, affine, out / f"{name}_coverage.nii.gz"))
         in_brain = to_source_grid(brain, conformed.transform, shape, affine, nearest=True) > 0.5
         record["brain_file"] = str(save_nifti(in_brain.astype(np.uint8), affine, out / f"{name}_brain.nii.gz"))
-        record["figure"] = str(_figure(conformed.slices, maps["anomaly"], out / f"{name}.png"))
+        record["figure"] = str(
+            _figure(conformed.slices, maps[names[0]], 2 * operating[names[0]], out / f"{name}.png")
+        )
         if truths:
             truth_image: Any = nib.load(str(truths[subject]))
             truth = np.asanyarray(truth_image.dataobj) > 0
             where = in_brain & (covered > 0)
             record["scores"] = scores(in_scan, truth, where, operating)
             pooled["truth"].append(truth[where])
-            for method in METHODS:
+            for method in names:
                 pooled[method].append(in_scan[method][where])
         records.append(record)
         log(f"[anomaly] {path.name}: maps written ({out / name}_*.nii.gz)")
     summary: dict[str, Any] = {
         "volumes": records,
-        "probability_threshold": threshold,
+        "chosen_method": names[0],
+        "files": files,
         "operating_thresholds": operating,
     }
     if truths and pooled["truth"]:
         where_all = np.ones(sum(t.size for t in pooled["truth"]), bool)
-        summary["pooled"] = scores({m: np.concatenate(pooled[m]) for m in METHODS}, np.concatenate(pooled["truth"]),
+        summary["pooled"] = scores({m: np.concatenate(pooled[m]) for m in names}, np.concatenate(pooled["truth"]),
                                    where_all, operating)  # fmt: skip
     atomic_write_json(out / "anomaly_volumes.json", summary)
     return summary
@@ -209,13 +164,13 @@ def _shape(path: Path) -> tuple[int, ...]:
     return tuple(image.shape[:3])
 
 
-def _figure(slices: np.ndarray, heat: np.ndarray, path: Path) -> Path:
+def _figure(slices: np.ndarray, heat: np.ndarray, scale: float, path: Path) -> Path:
     from PIL import Image
 
     from brainvq.anomaly.detection import overlay
     from brainvq.files import atomic_save_image
 
     picks = list(range(0, len(slices), 4))
-    row = np.concatenate([overlay(slices[k], heat[k], 0.3) for k in picks], axis=1)
+    row = np.concatenate([overlay(slices[k], heat[k], scale) for k in picks], axis=1)
     atomic_save_image(path, Image.fromarray(row))
     return path

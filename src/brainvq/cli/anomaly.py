@@ -60,21 +60,18 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
     if getattr(args, "volumes", None) is not None:
         return _anomaly_volumes(args, run)
     inputs = open_inputs(args.data, args.split, args.images, args.truth)
-    folders = ("prior", "residual", "prior_overlays", "residual_overlays", "healed") if not args.no_maps else ()
+    methods = args.methods.split(",") if args.methods else None
+    folders = ("anomaly", "residual", "anomaly_overlays", "residual_overlays") if not args.no_maps else ()
     prepare_out(args.out, folders)
-    given = None
-    if args.dice_thresholds:
-        given = {k: float(v) for k, v in (item.split("=") for item in args.dice_thresholds.split(","))}
-    result = detect(run, inputs, args.out, quantile=args.quantile, seed=args.seed, batch_size=args.batch_size,
-                    maps=not args.no_maps, dice_threshold=given)  # fmt: skip
+    result = detect(run, inputs, args.out, methods=methods, seed=args.seed, batch_size=args.batch_size,
+                    maps=not args.no_maps, reference_data=args.reference_data)  # fmt: skip
     shown = {k: v for k, v in result.items() if k != "per_image"}
     if args.json:
         print(json.dumps(shown, indent=2))
     else:
-        for method in ("prior", "residual"):
-            if method in result:
-                print(f"{method:9s} " + "  ".join(f"{k} {v:.4f}" for k, v in result[method].items()))
-        print(f"{result['images']} images; {result['redrawn_fraction']:.2%} of codes redrawn -> {args.out}")
+        for method, scores in result.get("methods", {}).items():
+            print(f"{method:22s} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
+        print(f"{result['images']} images; chosen method {result['chosen_method']} -> {args.out}")
     return 0
 
 
@@ -87,14 +84,16 @@ def _anomaly_volumes(args: argparse.Namespace, run: object) -> int:
         raise DataError("give one of --volumes DIR, --data DATA --split S, or --images DIR")
     prepare_out(args.out, ())
     log = (lambda message: None) if args.json else print
-    result = detect_volumes(run, args.volumes, args.out, truth_volumes=args.truth_volumes, quantile=args.quantile,  # type: ignore[arg-type]
-                            seed=args.seed, batch_size=args.batch_size, log=log)  # fmt: skip
+    methods = args.methods.split(",") if args.methods else None
+    result = detect_volumes(run, args.volumes, args.out, truth_volumes=args.truth_volumes, methods=methods,  # type: ignore[arg-type]
+                            seed=args.seed, batch_size=args.batch_size, reference_data=args.reference_data, log=log)  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
     elif "pooled" in result:
-        for method in ("anomaly", "residual"):
-            shown = {k: v for k, v in result["pooled"][method].items() if isinstance(v, float)}
-            print(f"{method:9s} " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+        for method, scores in result["pooled"].items():
+            if isinstance(scores, dict):
+                shown = {k: v for k, v in scores.items() if isinstance(v, float)}
+                print(f"{method:22s} " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     return 0
 
 
@@ -115,7 +114,7 @@ def add_commands(sub: Commands) -> None:
     p.set_defaults(handler=cmd_score)
 
     p = sub.add_parser(
-        "anomaly", help="anomaly maps: prior resampling of unlikely codes vs the reconstruction residual"
+        "anomaly", help="anomaly maps of slices or whole scans: the priors' normalised surprise, and baselines"
     )
     _add_inputs(p)
     p.add_argument("--truth", type=Path, help="folder of lesion masks with the images' file names")
@@ -125,10 +124,16 @@ def add_commands(sub: Commands) -> None:
     p.add_argument(
         "--truth-volumes", type=Path, help="with --volumes: lesion masks in each scan's grid, by subject id"
     )
-    p.add_argument("--quantile", type=float, default=0.02, help="redraw codes below this quantile of p")
-    p.add_argument("--seed", type=int, default=0, help="seed of the redraws")
+    p.add_argument(
+        "--methods",
+        help="comma-separated anomaly methods, or 'all' (default: the chosen one, residual, intensity)",
+    )
+    p.add_argument(
+        "--reference-data", type=Path,
+        help="the run's data root (healthy statistics and thresholds; default: the run's data.root)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the redraws (method healed)")
     p.add_argument("--no-maps", action="store_true", help="scores only, no map files")
-    p.add_argument("--dice-thresholds", help="prior=T,residual=T: also report Dice at these thresholds")
     p.set_defaults(handler=cmd_anomaly)
 
     p = sub.add_parser("complete", help="keep the first code rows of a slice and let the prior complete it")

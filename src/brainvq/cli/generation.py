@@ -14,6 +14,8 @@ from brainvq.errors import BrainVQError
 def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     from brainvq.evaluation.samples import score_samples
 
+    if args.volumes:
+        return _evaluate_stacks(args)
     result = score_samples(
         args.judge, args.real, args.split, samples=args.samples, run=args.run, n=args.n, seed=args.seed,
         sampling_flags=(args.temperature, args.top_p, args.top_map_temperature, args.top_map_top_p,
@@ -27,9 +29,26 @@ def cmd_evaluate_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_stacks(args: argparse.Namespace) -> int:
+    from brainvq.evaluation.stacks import evaluate_stacks
+
+    result = evaluate_stacks(args.judge, args.real, args.split, run_root=args.run, samples=args.samples, n=args.n,
+                             seed=args.seed, train_root=args.train, out=args.out, device=args.device)  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for name, scores in result["sets"].items():
+            print(f"{name:22s} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if k != "stacks"))
+        for key, share in result.get("gap_closed", {}).items():
+            print(f"stack prior closes {share:.0%} of the gap on {key}")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from brainvq.sampling.files import sample_run
 
+    if args.volumes is not None:
+        return _sample_volumes(args)
     result = sample_run(
         args.run,
         args.n,
@@ -56,6 +75,36 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
         if result["redrawn_top_maps"]:
             print(f"{result['redrawn_top_maps']} top maps with no background drawn again")
+    return 0
+
+
+def _sample_volumes(args: argparse.Namespace) -> int:
+    from brainvq.errors import BrainVQError
+    from brainvq.files import is_owned, mark_owned
+    from brainvq.runs import load_run
+    from brainvq.sampling.stack_files import write_stacks
+    from brainvq.sampling.stacks import sample_stacks
+
+    if args.volumes < 1:
+        raise BrainVQError(f"--volumes must be at least 1, got {args.volumes}")
+    out = args.out if args.out is not None else args.run / "samples" / "stacks"
+    if out.exists() and any(out.iterdir()) and not is_owned(out):
+        raise BrainVQError(f"{out}: a folder brainvq did not make; give an empty or new --out")
+    run = load_run(args.run, args.device)
+    run.require_stack_prior()
+    result = sample_stacks(run, args.volumes, seed=args.seed, temperature=args.temperature,
+                           top_map_temperature=args.top_map_temperature, sampler=args.sampler,
+                           progress=not args.json)  # fmt: skip
+    mark_owned(out, "stacks")
+    record = write_stacks(result, out, {
+        "seed": args.seed, "sampling": result.sampling._asdict(), "seconds": result.seconds,
+        "seconds_per_stack": result.seconds / args.volumes, "top_seconds": result.top_seconds,
+        "bottom_seconds": result.bottom_seconds, "vqvae_hash": run.vqvae_hash, "prior_hash": run.prior_hash,
+    })  # fmt: skip
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print(f"{args.volumes} stacks of {record['slices']} slices in {result.seconds:.1f} s -> {out}")
     return 0
 
 
@@ -138,7 +187,13 @@ def add_commands(sub: Commands) -> None:
     p.add_argument(
         "--sampler", choices=("fast", "naive"), default="fast", help="fast (cached) or naive (full passes)"
     )
-    p.add_argument("--out", type=Path, help="output folder (default RUN/samples)")
+    p.add_argument(
+        "--out", type=Path, help="output folder (default RUN/samples; with --volumes RUN/samples/stacks)"
+    )
+    p.add_argument(
+        "--volumes", type=int,
+        help="draw this many whole stacks with the stack prior instead: NIfTI volumes, OASIS-layout PNGs, views",
+    )  # fmt: skip
     add_device_arg(p)
     add_json_arg(p)
     p.set_defaults(handler=cmd_sample)
@@ -169,6 +224,11 @@ def add_commands(sub: Commands) -> None:
     add_top_map_args(p)
     p.add_argument("--out", type=Path, help="where metrics/ and figures/ go (default: the run)")
     add_device_arg(p)
+    p.add_argument(
+        "--volumes", action="store_true",
+        help="score whole stacks instead (a run's stack prior and independent slices, or --samples OUT of "
+        "sample --volumes): adjacent-slice agreement, tissue curves, through-plane texture, subject memorisation",
+    )  # fmt: skip
     add_json_arg(p)
     p.set_defaults(handler=cmd_evaluate_samples)
 

@@ -51,7 +51,7 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
         raise BrainVQError(f"{args.run}: nothing to resume (no prior checkpoint yet; drop --resume)")
     summaries = {}
     for level in levels:
-        section = "top_prior_train" if level == "top" else "prior_train"
+        section = "top_prior_train" if level != "bottom" else "prior_train"
         # --resume continues the levels that have a checkpoint and starts the others (training stopped
         # during the top prior leaves no bottom one)
         level_args = argparse.Namespace(**{**vars(args), "resume": args.resume and level in started})
@@ -135,8 +135,10 @@ def add_commands(sub: Commands) -> None:
     p = sub.add_parser("train-prior", help="train (or resume) the prior(s) on the run's code maps")
     p.add_argument("--run", type=Path, required=True, help="a run with a trained VQ-VAE and encoded splits")
     p.add_argument(
-        "--level", choices=("all", "top", "bottom"), default="all",
-        help="two-level runs: which prior to train (all: the top, then the bottom)",
+        "--level", choices=("all", "top", "bottom", "top-reversed", "stack"), default="all",
+        help="two-level runs: which prior to train (all: the top, then the bottom; top-reversed: a second "
+        "top prior reading the map backwards, for anomaly maps; stack: the top prior of slice k given slice "
+        "k-1's top map, for whole stacks)",
     )  # fmt: skip
     add_config_args(p)
     add_stop_args(p)

@@ -77,6 +77,12 @@ class PriorConfig:
     In a two-level run the bottom prior is conditioned on the top map: train-prior fills in
     ``context_num_embeddings`` (the top codebook size) and ``context_factor`` (how much finer the
     bottom grid is); ``context_channels`` is the width of the conditioning stack.
+
+    The stack prior (a transformer over the top map of slice k, conditioned on slice k-1's top map,
+    ``train-prior --level stack``) gets ``context_num_embeddings`` = the top codebook size + 1 (the
+    last code stands for "no previous slice") and reads the previous map as ``context_mode``:
+    ``aligned`` (each position adds the 3x3 neighbourhood of the previous map at that place) or
+    ``prefix`` (the previous map's codes come first in the sequence, fully visible to every position).
     """
 
     arch: str = "pixelcnn"
@@ -95,6 +101,7 @@ class PriorConfig:
     context_channels: int = 64
     context_num_embeddings: int | None = None
     context_factor: int = 1
+    context_mode: str = "aligned"
 
 
 @dataclass

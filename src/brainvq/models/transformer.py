@@ -11,6 +11,12 @@ position t predict code c_t. The start token is the slice index's embedding (sli
 or a learned vector. ``forward(codes (B, h, w), condition (B,) | None) -> logits (B, K, h, w)``,
 the same contract as the PixelCNN priors, so training, evaluation and scoring treat both alike.
 :meth:`TransformerPrior.step` runs new positions against a key/value cache (used by the sampler).
+
+A context map of the same size (the stack prior: the previous slice's top map) enters in one of two
+ways (``config.context_mode``): ``aligned`` adds, at each position, a 3x3 convolution of the previous
+map's code embeddings around that place; ``prefix`` puts the previous map's T codes (with their own
+positions) before the start token, so the sequence is 2T long and every position attends to the
+whole previous map. Either way position t of the current map sees only codes before t.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class KVCache:
     values: list[torch.Tensor | None] = field(default_factory=list)
     length: int = 0
     capacity: int = 0
+    context: torch.Tensor | None = None  # the context map's features (B, T, C), computed at the first step
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions' ``k``, ``v`` (B, heads, new, head_dim) of block ``layer`` after
@@ -123,12 +130,20 @@ class TransformerPrior(nn.Module):
             raise ValueError(
                 "the transformer prior needs prior.code_height and prior.code_width (set by train-prior)"
             )
-        if config.context_num_embeddings is not None:
-            raise ValueError("the transformer prior cannot be conditioned on a top map; use it for the top level")
+        if config.context_num_embeddings is not None and config.context_factor != 1:
+            raise ValueError("the transformer prior reads a context map of its own size only (context_factor 1)")
+        if config.context_mode not in ("aligned", "prefix"):
+            raise ValueError(f"context_mode must be 'aligned' or 'prefix', got {config.context_mode!r}")
         self.config, self.num_embeddings = config, num_embeddings
         width, length = config.hidden_channels, config.code_height * config.code_width
+        self.length = length
+        self.prefix = config.context_num_embeddings is not None and config.context_mode == "prefix"
         self.token = nn.Embedding(num_embeddings, width)
-        self.position = nn.Embedding(length, width)
+        self.position = nn.Embedding(2 * length if self.prefix else length, width)
+        if config.context_num_embeddings is not None:
+            self.context_token = nn.Embedding(config.context_num_embeddings, width)
+            if not self.prefix:
+                self.context_mix = nn.Conv2d(width, width, 3, padding=1)
         self.start = nn.Embedding(config.num_slices if config.condition_on_slice else 1, width)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
@@ -140,16 +155,35 @@ class TransformerPrior(nn.Module):
     def forward(
         self, codes: torch.Tensor, condition: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if context is not None:
-            raise ValueError("the transformer prior takes no context map")
         batch, height, width = codes.shape
         flat = codes.reshape(batch, height * width)  # (B, h, w) -> (B, T)
         x = torch.cat([self._start(condition, batch), self.token(flat[:, :-1])], 1)  # (B, T, C)
-        x = self.dropout(x + self.position.weight[: height * width])
+        x = x + self.position.weight[-self.length :]
+        features = self._context(context, batch)
+        if self.prefix and features is not None:
+            x = torch.cat([features, x], 1)  # (B, 2T, C): the previous map, then this one
+        elif features is not None:
+            x = x + features
+        x = self.dropout(x)
         for block in self.blocks:
             x = block(x)
-        logits = self.head(self.ln_f(x))  # (B, T, K)
+        logits = self.head(self.ln_f(x[:, -self.length :]))  # (B, T, K) this map's positions
         return logits.transpose(1, 2).reshape(batch, -1, height, width)  # (B, T, K) -> (B, K, h, w)
+
+    def _context(self, context: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """The context map (B, h, w) as features (B, T, C): aligned with the positions, or the prefix."""
+        if self.config.context_num_embeddings is None:
+            if context is not None:
+                raise ValueError("this transformer prior takes no context map")
+            return None
+        if context is None:
+            raise ValueError("this transformer prior reads a context map (the previous slice's): pass context")
+        embedded = self.context_token(context.reshape(batch, -1))  # (B, h, w) -> (B, T, C)
+        if self.prefix:
+            return embedded + self.position.weight[: self.length]
+        height, width = context.shape[1:]
+        grid = embedded.transpose(1, 2).reshape(batch, -1, height, width)  # (B, T, C) -> (B, C, h, w)
+        return self.context_mix(grid).flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, T, C)
 
     def _start(self, condition: torch.Tensor | None, batch: int) -> torch.Tensor:
         if self.config.condition_on_slice:
@@ -164,18 +198,35 @@ class TransformerPrior(nn.Module):
         return KVCache([None] * len(self.blocks), [None] * len(self.blocks), 0, length)
 
     def step(
-        self, flat_codes: torch.Tensor, upto: int, cache: KVCache, condition: torch.Tensor | None
+        self,
+        flat_codes: torch.Tensor,
+        upto: int,
+        cache: KVCache,
+        condition: torch.Tensor | None,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Feed positions ``cache.length..upto`` (their inputs: the start token or the codes before
-        them in ``flat_codes`` (B, T)) and return the logits (B, K) at position ``upto``."""
-        first = cache.length
-        inputs = [] if first > 0 else [self._start(condition, flat_codes.shape[0])]
+        """Feed positions ``cache.length..upto`` of this map (their inputs: the start token or the codes
+        before them in ``flat_codes`` (B, T)) and return the logits (B, K) at position ``upto``. A
+        context map (B, h, w) must be the same at every step of one cache."""
+        batch = flat_codes.shape[0]
+        offset = self.length if self.prefix else 0  # cached positions before this map's first
+        if cache.length == 0:
+            cache.context = self._context(context, batch)
+            if self.prefix:  # the previous map goes into the cache first
+                x = cache.context
+                for layer, block in enumerate(self.blocks):
+                    x = block(x, cache, layer)
+                cache.length = offset
+        first = cache.length - offset
+        inputs = [] if first > 0 else [self._start(condition, batch)]
         if upto >= max(first, 1):
             inputs.append(self.token(flat_codes[:, max(first, 1) - 1 : upto]))
-        x = torch.cat(inputs, 1) + self.position.weight[first : upto + 1]  # (B, new, C)
+        x = torch.cat(inputs, 1) + self.position.weight[offset + first : offset + upto + 1]  # (B, new, C)
+        if cache.context is not None and not self.prefix:
+            x = x + cache.context[:, first : upto + 1]
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer)
-        cache.length = upto + 1
+        cache.length = offset + upto + 1
         return self.head(self.ln_f(x[:, -1]))  # (B, C) -> (B, K)
 
 

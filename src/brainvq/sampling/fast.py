@@ -154,15 +154,21 @@ class KVSampler:
     ``logits(i, j)`` / ``finish_row(i)`` interface as :class:`RowCache`. Positions that were not asked
     for (kept codes, when completing or healing a map) are fed the next time logits are needed."""
 
-    def __init__(self, prior: TransformerPrior, codes: torch.Tensor, condition: torch.Tensor | None) -> None:
-        self.prior, self.codes, self.condition = prior, codes, condition
+    def __init__(
+        self,
+        prior: TransformerPrior,
+        codes: torch.Tensor,
+        condition: torch.Tensor | None,
+        context: torch.Tensor | None = None,
+    ) -> None:
+        self.prior, self.codes, self.condition, self.context = prior, codes, condition, context
         self.width = codes.shape[2]
         self.cache = prior.new_cache()
 
     def logits(self, i: int, j: int) -> torch.Tensor:
         """Logits (B, K) at (i, j); every position before it must hold its final code."""
         flat = self.codes.view(self.codes.shape[0], -1)  # (B, h, w) -> (B, T), a view of the live map
-        return self.prior.step(flat, i * self.width + j, self.cache, self.condition)
+        return self.prior.step(flat, i * self.width + j, self.cache, self.condition, self.context)
 
     def finish_row(self, i: int) -> None:
         """Nothing to do: keys and values are cached as positions are fed."""
@@ -174,7 +180,5 @@ def fast_sampler(
     """The exact incremental sampler for ``prior``: a key/value cache for the transformer, the row
     cache for the PixelCNNs."""
     if isinstance(prior, TransformerPrior):
-        if context is not None:
-            raise ValueError("the transformer prior takes no context map")
-        return KVSampler(prior, codes, condition)
+        return KVSampler(prior, codes, condition, context)
     return RowCache(prior, codes, condition, context)

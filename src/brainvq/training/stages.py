@@ -132,11 +132,12 @@ def run_prior_levels(run_root: str | Path, level: str) -> list[str]:
 
 def prior_levels(config: Config, level: str) -> list[str]:
     """The levels ``--level`` names for this run's VQ-VAE, top before bottom."""
-    if level not in ("all", "top", "bottom"):
-        raise RunError(f"--level must be all, top or bottom, got {level!r}")
+    level = level.replace("-", "_")
+    if level not in ("all", "top", "bottom", "top_reversed", "stack"):
+        raise RunError(f"--level must be all, top, bottom, top-reversed or stack, got {level!r}")
     if config.model.levels == 1:
-        if level == "top":
-            raise RunError("this run's VQ-VAE has one level: there is no top prior (use --level all)")
+        if level != "all" and level != "bottom":
+            raise RunError(f"this run's VQ-VAE has one level: there is no {level} prior (use --level all)")
         return ["bottom"]
     return ["top", "bottom"] if level == "all" else [level]
 
@@ -149,18 +150,21 @@ def _train_prior_level(
     train_path = run.code_file(config.data.train_split)
     train_codes = CodeMaps.load(train_path).check_made_by(vqvae_hash, train_path)
     _fill_code_shapes(config, train_codes)
+    if level == "stack":  # the top prior's architecture, reading the previous slice's top map
+        config.top_prior.context_num_embeddings = config.model.top_num_embeddings + 1
+        config.top_prior.context_factor = 1
     _check_resume(run, stage, config, resume)
     val_path = run.code_file(config.data.val_split) if config.data.val_split else None
     val_codes = None
     if val_path is not None and val_path.is_file():
         val_codes = CodeMaps.load(val_path).check_made_by(vqvae_hash, val_path)
     fabric_config_check(config)
-    train_config = config.top_prior_train if level == "top" else config.prior_train
+    train_config = config.top_prior_train if level != "bottom" else config.prior_train
     task = PriorTask(config, train_config, train_codes, val_codes, level)
     if is_main_process():
         run.prepare_stage(stage, resume=resume, force=force)
     fabric = make_fabric(config.fabric, stage_loggers(run, stage))
-    if fabric.is_global_zero:
+    if fabric.is_global_zero and level != "stack":  # the run's top_prior section stays the top prior's
         save_config(config, run.config)
     return launch_task(fabric, task, run, resume, progress, {"vqvae_hash": vqvae_hash, "level": level})
 

@@ -186,8 +186,9 @@ class PriorTask(Task):
     """Trains a prior on the train split's code maps; validates accuracy and NLL (bits/code).
 
     ``level``: ``bottom`` (the one map of a one-level run, or the bottom map of a two-level run,
-    conditioned on its top map; stage ``prior``) or ``top`` (the top map; stage ``prior_top``,
-    configured by ``top_prior`` and ``top_prior_train``).
+    conditioned on its top map; stage ``prior``), ``top`` (the top map; stage ``prior_top``,
+    configured by ``top_prior`` and ``top_prior_train``) or ``top_reversed`` (the top map read from its
+    last code back, for anomaly scores from a second ordering; stage ``prior_top_reversed``, same sections).
     """
 
     best_metric = "val_prior_nll_bits"
@@ -203,7 +204,7 @@ class PriorTask(Task):
     ):
         super().__init__(config, train)
         self.level, self.stage = level, PRIOR_STAGES[level]
-        self.prior_config = config.top_prior if level == "top" else config.prior
+        self.prior_config = config.top_prior if level != "bottom" else config.prior
         self.train_codes = train_codes.level(level)
         self.val_codes = val_codes.level(level) if val_codes is not None else None
         if self.prior_config.condition_on_slice:
@@ -249,4 +250,9 @@ class PriorTask(Task):
         return {f"val_{k}": v for k, v in PriorMeter.from_statistics(statistics).items()}
 
 
-PRIOR_STAGES = {"bottom": "prior", "top": "prior_top"}  # level -> stage (checkpoint and log names)
+PRIOR_STAGES = {
+    "bottom": "prior",
+    "top": "prior_top",
+    "top_reversed": "prior_top_reversed",
+    "stack": "prior_stack",
+}

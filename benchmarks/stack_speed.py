@@ -1,0 +1,38 @@
+"""Seconds to draw one 32-slice stack with a run's stack prior, on this machine.
+
+    python benchmarks/stack_speed.py --run runs/oasis [--stacks 1] [--rounds 2]
+
+Draws ``--stacks`` stacks (the top maps slice after slice with the stack prior's key/value cache, then
+all bottom maps of a stack in one batch, then the decoder) ``--rounds`` times after a warm-up, and prints
+the fastest round's seconds per stack, split into top maps, bottom maps and decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import brainvq
+from brainvq.sampling.stacks import sample_stacks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--stacks", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    run = brainvq.load_run(args.run)
+    results = [sample_stacks(run, args.stacks, seed=round_) for round_ in range(args.rounds + 1)][1:]
+    best = min(results, key=lambda r: r.seconds)
+    decoding = best.seconds - best.top_seconds - best.bottom_seconds
+    print(f"torch threads {torch.get_num_threads()}; {args.stacks} stack(s) of {best.images.shape[1]} slices")
+    print(
+        f"per stack: {best.seconds / args.stacks:.1f} s (top maps {best.top_seconds / args.stacks:.1f} s, "
+        f"bottom maps {best.bottom_seconds / args.stacks:.1f} s, decoding {decoding / args.stacks:.1f} s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
