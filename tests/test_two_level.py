@@ -282,13 +282,42 @@ def test_sample_volumes_writes_stacks_a_viewer_and_brainvq_read_back(stack_run: 
 
 
 def test_the_fast_stack_sampler_draws_what_the_naive_one_draws(stack_run: Path) -> None:
-    from brainvq.sampling.stacks import sample_stacks
+    """The stack prior's top maps, slice after slice (the bottom maps are drawn by ``sample_codes``,
+    whose fast sampler is checked against the naive one in tests/sampling)."""
+    from brainvq.sampling.stacks import draw_stack_top_maps
 
     run = brainvq.load_run(stack_run, "cpu")
-    fast = sample_stacks(run, 2, seed=1, sampler="fast")
-    naive = sample_stacks(run, 2, seed=1, sampler="naive")
-    assert torch.equal(fast.top_codes, naive.top_codes) and torch.equal(fast.codes, naive.codes)
-    assert fast.images.shape == (2, 32, 64, 64)
+    prior = run.require_stack_prior()
+    drawn = {
+        sampler: draw_stack_top_maps(
+            prior,
+            2,
+            5,
+            run.top_code_shape,
+            generator=torch.Generator().manual_seed(1),
+            sampler=sampler,
+            temperature=1.0,
+        )
+        for sampler in ("fast", "naive")
+    }
+    assert drawn["fast"].shape == (2, 5, 8, 8) and torch.equal(drawn["fast"], drawn["naive"])
+
+
+def test_the_pipeline_trains_the_stack_prior_and_draws_stacks_when_asked(
+    two_level_run: Path, phantom_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(two_level_run, run)
+    budgets = ["train.max_steps=25", "prior_train.max_steps=15", "top_prior_train.max_steps=15", "sample.stacks=1"]
+    sets = [part for item in [*TWO_LEVELS, *budgets] for part in ("--set", item)]
+    done = cli("pipeline", "--data", str(phantom_root), "--run", str(run), *sets, "--quiet", timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_checkpoint(RunDir(run).checkpoint("prior_stack", "last"))["loop"]["step"] == 15
+    record = json.loads((run / "samples" / "stacks" / "stacks.json").read_text())
+    assert record["stacks"] == 1 and (run / "samples" / "stacks" / "stack_001.nii.gz").is_file()
+    assert {"train-stack-prior", "sample-stacks"} <= set(
+        json.loads((run / "pipeline.json").read_text())["completed"]
+    )
 
 
 def _prior_weights(run: Path, stage: str) -> dict[str, torch.Tensor]:

@@ -126,6 +126,21 @@ def _prior_is_current(run: RunDir, stage: str = "prior") -> bool:
     return bool(made_by == file_hash(stage_checkpoint(run, "vqvae")))
 
 
+def _sample_stacks(run: RunDir, config: Config, device: str) -> dict[str, Any]:
+    from brainvq.files import mark_owned
+    from brainvq.runs import load_run
+    from brainvq.sampling.stack_files import write_stacks
+    from brainvq.sampling.stacks import sample_stacks
+
+    loaded = load_run(run.root, device)
+    result = sample_stacks(loaded, config.sample.stacks, seed=config.sample.seed)
+    out = run.samples / "stacks"
+    mark_owned(out, "stacks")
+    return write_stacks(result, out, {"seed": config.sample.seed, "sampling": result.sampling._asdict(),
+                                      "seconds": result.seconds, "seconds_per_stack": result.seconds / config.sample.stacks,
+                                      "vqvae_hash": loaded.vqvae_hash, "prior_hash": loaded.prior_hash})  # fmt: skip
+
+
 def run_pipeline(
     config: Config,
     run_root: str | Path,
@@ -216,6 +231,11 @@ def run_pipeline(
             progress=progress,
         ),
     )
+    if config.sample.stacks > 0 and config.model.levels == 2:
+        stage("train-stack-prior", lambda: train_prior(config, run.root, resume=_prior_is_current(run, "prior_stack"),
+                                                        force=run.has_stage("prior_stack") and not _prior_is_current(run, "prior_stack"),
+                                                        progress=progress, level="stack"), every_rank=True)  # fmt: skip
+        stage("sample-stacks", lambda: _sample_stacks(run, config, device))
     stage("figures", lambda: [str(p) for p in all_training_figures(run)])
     barrier()
     if not is_main_process():

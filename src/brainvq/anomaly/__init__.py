@@ -4,19 +4,12 @@
   conditional probability; ``-log2 p`` per code is the likelihood map (bits).
 * :func:`complete`: keep the codes of the first rows of a real slice and draw the rest from the
   prior (ordinary ancestral sampling started from a prefix, with the fast sampler).
-* :func:`heal`: the anomaly method of Pinaya et al. 2022 ("Unsupervised brain imaging 3D anomaly
-  detection and segmentation with transformers", Medical Image Analysis; and their 2021 VQ-VAE +
-  transformer work): codes whose probability under the prior falls below a threshold (a low
-  quantile of the per-code probabilities on healthy validate slices, stored with the run) are
-  redrawn from the prior given the codes kept, the "healed" map is decoded, and the anomaly map
-  is the absolute residual between input and healed image, masked to the (upsampled) redrawn
-  region and smoothed. The baseline is the plain VQ-VAE reconstruction residual.
-
-A raster-order prior sees only the codes above and to the left: a lesion's *first* rows are
-judged with no knowledge of what lies below them, so the top edge of an anomaly is where the
-prior is least informed; codes below an anomaly are judged given the anomalous codes above,
-which can make them look likely (the anomaly "explains itself"). Pinaya et al. average several
-orderings to soften this; brainvq uses the one raster order (see the README).
+* :mod:`brainvq.anomaly.methods`: the anomaly maps by name. The default, ``levels_z``, scores each code
+  by its NLL's z-score against healthy brains at that position and slice (:mod:`.reference`), for the
+  bottom map and the top map (both raster orders with a reversed-order top prior), averaged; the
+  others include the healed residual of Pinaya et al. 2022 (unlikely codes redrawn several times) and
+  the two baselines, the VQ-VAE residual and the intensity's distance from healthy intensities.
+  Thresholds are chosen on healthy validate slices (:mod:`.operating`).
 
 Two-level runs: likelihood maps are given for both levels (the bottom prior conditioned on the
 image's own top map); completion draws the top map's missing rows with the top prior, then the
@@ -28,11 +21,16 @@ from brainvq.anomaly.detection import detect, examples_figure, overlay, prepare_
 from brainvq.anomaly.inputs import Inputs, open_inputs
 from brainvq.anomaly.likelihood import Encoded, Healed, code_nll_bits, complete, decode, encode, top_nll_bits
 from brainvq.anomaly.maps import gaussian_blur, heal, image_score, probability_threshold
+from brainvq.anomaly.methods import DEFAULT_METHOD, METHODS, method_maps
+from brainvq.anomaly.reference import HealthyReference, healthy_reference
 from brainvq.anomaly.scoring import PixelScores, best_dice, dice_at, save_threshold
 
 __all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
     "Encoded",
     "Healed",
+    "HealthyReference",
     "Inputs",
     "PixelScores",
     "best_dice",
@@ -45,7 +43,9 @@ __all__ = [
     "examples_figure",
     "gaussian_blur",
     "heal",
+    "healthy_reference",
     "image_score",
+    "method_maps",
     "open_inputs",
     "overlay",
     "prepare_out",

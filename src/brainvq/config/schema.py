@@ -80,7 +80,10 @@ class SampleConfig:
     each code from its nucleus only (Holtzman et al. 2020; :func:`brainvq.sampling.nucleus`). In a
     two-level run these set the bottom map; ``top_map_temperature`` and ``top_map_top_p`` set the
     top map, and follow ``temperature`` and ``top_p`` when None. ``top_map_background_check`` draws
-    again the top maps that have no background around the head (:mod:`brainvq.sampling.background`)."""
+    again the top maps that have no background around the head (:mod:`brainvq.sampling.background`).
+    ``stacks`` above 0 (two-level runs): ``pipeline`` also trains the stack prior (``train-prior --level
+    stack``, reading the previous slice's top map as ``top_prior.context_mode`` says) and draws this many
+    whole stacks into ``RUN/samples/stacks`` (:mod:`brainvq.sampling.stacks`)."""
 
     n: int = 16
     batch_size: int = 16
@@ -91,6 +94,7 @@ class SampleConfig:
     top_map_background_check: bool = True
     sampler: str = "fast"
     seed: int = 0
+    stacks: int = 0
 
 
 @dataclass
@@ -152,6 +156,7 @@ class Config:
             "model.levels": (self.model.levels, (1, 2)),
             "model.top_downsample": (self.model.top_downsample, (2, 4)),
             "sample.sampler": (self.sample.sampler, ("fast", "naive")),
+            "top_prior.context_mode": (self.top_prior.context_mode, ("aligned", "prefix")),
             "fabric.accelerator": (self.fabric.accelerator, ACCELERATORS),
             "fabric.precision": (self.fabric.precision, PRECISIONS),
         }
@@ -184,6 +189,8 @@ class Config:
             for name in ("epochs", "max_steps", "max_minutes"):
                 if getattr(stage, name) is not None:
                     positive[f"{section}.{name}"] = getattr(stage, name)
+        if self.sample.stacks < 0:
+            raise ConfigError(f"config key 'sample.stacks': must be 0 or more, got {self.sample.stacks}")
         for section in ("prior_train", "top_prior_train", "judge_train"):
             decay = getattr(self, section).weight_ema_decay
             if not 0.0 <= decay < 1.0:
