@@ -187,6 +187,19 @@ def test_a_reversed_top_prior_gives_every_method_and_reads_the_map_backwards(
 
     run = tmp_path / "run"
     shutil.copytree(two_level_run, run)
+    assert RunDir(run).has_stage("prior_top_reversed")  # `train-prior` (all levels) trains it
+    for path in (run / "checkpoints").glob("prior_top_reversed-*"):
+        path.unlink()
+    lesions = tmp_path / "lesions"
+    assert (
+        cli("lesions", "--data", str(phantom_root), "--split", "validate", "--out", str(lesions)).returncode == 0
+    )
+    missing = cli("anomaly", "--run", str(run), "--data", str(lesions), "--split", "validate",
+                  "--methods", "top_z_both_orders", "--out", str(tmp_path / "refused"))  # fmt: skip
+    assert missing.returncode != 0 and "top-reversed" in missing.stderr and "Traceback" not in missing.stderr
+    fallback = cli("anomaly", "--run", str(run), "--data", str(lesions), "--split", "validate", "--no-maps", "--json",
+                   "--out", str(tmp_path / "fallback"))  # fmt: skip
+    assert fallback.returncode == 0 and json.loads(fallback.stdout)["chosen_method"] == "top_z"
     trained = cli(
         "train-prior", "--run", str(run), "--level", "top-reversed", "--max-steps", "10", "--quiet", "--json"
     )
@@ -202,21 +215,14 @@ def test_a_reversed_top_prior_gives_every_method_and_reads_the_map_backwards(
         torch.tensor(2.0)
     )
     assert torch.allclose(reversed_top_nll_bits(loaded, top, slices), expected.flip(1, 2), atol=1e-5)
-    lesions = tmp_path / "lesions"
-    assert (
-        cli("lesions", "--data", str(phantom_root), "--split", "validate", "--out", str(lesions)).returncode == 0
-    )
     anomaly = cli("anomaly", "--run", str(run), "--data", str(lesions), "--split", "validate", "--methods", "all",
                   "--out", str(tmp_path / "anomaly"), "--json", "--no-maps", timeout=900)  # fmt: skip
     assert anomaly.returncode == 0, anomaly.stderr[-2000:]
     result = json.loads(anomaly.stdout)
-    assert result["chosen_method"] == "levels_z"
+    assert result["chosen_method"] == "top_z_both_orders_max"
     assert set(result["methods"]) == set(brainvq.anomaly.methods.METHODS)
     for scores in result["methods"].values():
         assert 0 <= scores["pixel_ap"] <= 1 and 0 <= scores["dice_at_operating_threshold"] <= 1
-    missing = cli("anomaly", "--run", str(two_level_run), "--data", str(lesions), "--split", "validate",
-                  "--methods", "top_z_both_orders", "--out", str(tmp_path / "refused"))  # fmt: skip
-    assert missing.returncode != 0 and "top-reversed" in missing.stderr and "Traceback" not in missing.stderr
 
 
 @pytest.fixture(scope="module")
@@ -388,7 +394,7 @@ def test_resume_after_a_stop_during_the_top_prior_starts_the_bottom_one(
     continues the top prior and starts the bottom one (issue 35, item 4)."""
     run = tmp_path / "run"
     shutil.copytree(two_level_run, run)
-    for stage in ("prior", "prior_top"):
+    for stage in ("prior", "prior_top", "prior_top_reversed"):
         for which in ("last", "best"):
             RunDir(run).checkpoint(stage, which).unlink(missing_ok=True)
     top_only = cli("train-prior", "--level", "top", "--run", str(run), "--max-steps", "3", "--quiet")

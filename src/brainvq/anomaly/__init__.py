@@ -4,9 +4,9 @@
   conditional probability; ``-log2 p`` per code is the likelihood map (bits).
 * :func:`complete`: keep the codes of the first rows of a real slice and draw the rest from the
   prior (ordinary ancestral sampling started from a prefix, with the fast sampler).
-* :mod:`brainvq.anomaly.methods`: the anomaly maps by name. The default, ``levels_z``, scores each code
-  by its NLL's z-score against healthy brains at that position and slice (:mod:`.reference`), for the
-  bottom map and the top map (both raster orders with a reversed-order top prior), averaged; the
+* :mod:`brainvq.anomaly.methods`: the anomaly maps by name. The default, ``top_z_both_orders_max``,
+  scores each top-map code by its NLL's z-score against healthy brains at that position and slice
+  (:mod:`.reference`), in both raster orders (a reversed-order top prior), taking the larger; the
   others include the healed residual of Pinaya et al. 2022 (unlikely codes redrawn several times) and
   the two baselines, the VQ-VAE residual and the intensity's distance from healthy intensities.
   Thresholds are chosen on healthy validate slices (:mod:`.operating`).

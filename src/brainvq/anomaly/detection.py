@@ -16,7 +16,7 @@ from brainvq.anomaly.likelihood import (
     top_nll_bits,
 )
 from brainvq.anomaly.maps import image_score, probability_threshold
-from brainvq.anomaly.methods import DEFAULT_METHOD, available, check_methods, method_maps, segment
+from brainvq.anomaly.methods import DEFAULT_METHOD, FALLBACKS, available, check_methods, method_maps, segment
 from brainvq.anomaly.operating import brain_of, operating_thresholds
 from brainvq.anomaly.reference import healthy_reference
 from brainvq.anomaly.scoring import PixelScores, save_threshold
@@ -134,9 +134,10 @@ def default_methods(run: LoadedRun) -> list[str]:
 
 
 def chosen_method(run: LoadedRun) -> str:
-    """:data:`DEFAULT_METHOD` where the run can make it, else the best one it can (one-level runs: ``nll_z``)."""
+    """:data:`DEFAULT_METHOD` where the run can make it, else the best one it can: ``top_z`` without the
+    reversed-order top prior, ``nll_z`` for one-level runs."""
     names = available(run)
-    return DEFAULT_METHOD if DEFAULT_METHOD in names else "nll_z"
+    return next(m for m in (DEFAULT_METHOD, *FALLBACKS) if m in names)
 
 
 def _methods(run: LoadedRun, methods: list[str] | None) -> list[str]:

@@ -12,9 +12,9 @@ Each method gives a pixel map (B, H, W), larger where the slice departs more fro
   less surprising than usual, count as 0), so always-surprising edges and CSF stop dominating;
 * ``top_z``: the top prior's z-scored NLL (two-level runs): an unlikely top code flags a region, and the
   top prior (a transformer) sees the whole map;
-* ``top_z_both_orders`` / ``top_z_both_orders_max``: the top map's z-scores from the raster order and
-  from the reversed order (a second top prior, ``train-prior --level top-reversed``), combined by the
-  mean or the maximum, so the first rows of a lesion are not judged blind;
+* ``top_z_both_orders`` / ``top_z_both_orders_max`` (the default): the top map's z-scores from the
+  raster order and from the reversed order (a second top prior, ``train-prior --level top-reversed``),
+  combined by the mean or the maximum, so the first rows of a lesion are not judged blind;
 * ``levels_z``: the mean of ``nll_z`` and the top map's z-score (both orders where there are two);
 * ``healed``: the codes ``levels_z`` flags (above :data:`FLAG_Z` at the bottom grid, one code of margin)
   are redrawn from the bottom prior :data:`REDRAWS` times, and each pixel scores its distance from the
@@ -42,7 +42,8 @@ from brainvq.sampling.maps import resample_codes
 
 METHODS = ("residual", "intensity", "nll", "nll_z", "top_z", "top_z_both_orders", "top_z_both_orders_max",
            "levels_z", "healed")  # fmt: skip
-DEFAULT_METHOD = "levels_z"
+DEFAULT_METHOD = "top_z_both_orders_max"  # measured best: docs/experiments/2026-12-06-anomaly-methods.md
+FALLBACKS = ("top_z", "nll_z")  # runs without the reversed top prior, then one-level runs
 COMBINATION_RULES = ("mean", "max")
 FLAG_Z = 2.0
 REDRAWS = 4

@@ -136,9 +136,8 @@ def add_commands(sub: Commands) -> None:
     p.add_argument("--run", type=Path, required=True, help="a run with a trained VQ-VAE and encoded splits")
     p.add_argument(
         "--level", choices=("all", "top", "bottom", "top-reversed", "stack"), default="all",
-        help="two-level runs: which prior to train (all: the top, then the bottom; top-reversed: a second "
-        "top prior reading the map backwards, for anomaly maps; stack: the top prior of slice k given slice "
-        "k-1's top map, for whole stacks)",
+        help="two-level runs: which prior to train (all: the top, the top read backwards (anomaly maps), then "
+        "the bottom; stack: the top prior of slice k given slice k-1's top map, for whole stacks)",
     )  # fmt: skip
     add_config_args(p)
     add_stop_args(p)
