@@ -71,7 +71,7 @@ def _check_resume(run: RunDir, stage: str, config: Config, resume: bool) -> None
         return
     path = resume_checkpoint(run, stage)
     saved = config_from_checkpoint(path)
-    section = {"vqvae": "model", "prior": "prior", "prior_top": "top_prior"}[stage]
+    section = {"vqvae": "model", "prior": "prior"}.get(stage, "top_prior")  # prior_top, _top_reversed, _stack
     if getattr(saved, section) != getattr(config, section):
         raise RunError(
             f"{path}: the {section} config differs from the checkpoint's; resume with the run's own config "
