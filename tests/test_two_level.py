@@ -183,7 +183,7 @@ def test_a_reversed_top_prior_gives_every_method_and_reads_the_map_backwards(
 ) -> None:
     """``train-prior --level top-reversed`` trains a second top prior on the turned maps; with it,
     ``anomaly --methods all`` scores every method (issue 37), and its NLL map is the turned maps' own."""
-    from brainvq.anomaly.reference import reversed_top_nll_bits
+    from brainvq.anomaly.likelihood import reversed_top_nll_bits
 
     run = tmp_path / "run"
     shutil.copytree(two_level_run, run)

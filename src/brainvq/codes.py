@@ -130,7 +130,6 @@ class CodeMaps:
 
 
 TOP_LEVELS = ("top", "top_reversed")
-NO_PREVIOUS = "no previous slice"  # the stack prior's last context code
 
 
 def reverse_order(maps: torch.Tensor) -> torch.Tensor:

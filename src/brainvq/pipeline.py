@@ -38,6 +38,7 @@ from brainvq.runs import (
     stage_checkpoint,
 )
 from brainvq.sampling.files import sample_run
+from brainvq.sampling.stack_files import draw_stacks
 from brainvq.training.stages import run_prior_levels, train_prior, train_vqvae
 from brainvq.training.tasks import PRIOR_STAGES
 
@@ -124,21 +125,6 @@ def _prior_is_current(run: RunDir, stage: str = "prior") -> bool:
         return False
     made_by = load_checkpoint(run.checkpoint(stage, "last")).get("vqvae_hash")
     return bool(made_by == file_hash(stage_checkpoint(run, "vqvae")))
-
-
-def _sample_stacks(run: RunDir, config: Config, device: str) -> dict[str, Any]:
-    from brainvq.files import mark_owned
-    from brainvq.runs import load_run
-    from brainvq.sampling.stack_files import write_stacks
-    from brainvq.sampling.stacks import sample_stacks
-
-    loaded = load_run(run.root, device)
-    result = sample_stacks(loaded, config.sample.stacks, seed=config.sample.seed)
-    out = run.samples / "stacks"
-    mark_owned(out, "stacks")
-    return write_stacks(result, out, {"seed": config.sample.seed, "sampling": result.sampling._asdict(),
-                                      "seconds": result.seconds, "seconds_per_stack": result.seconds / config.sample.stacks,
-                                      "vqvae_hash": loaded.vqvae_hash, "prior_hash": loaded.prior_hash})  # fmt: skip
 
 
 def run_pipeline(
@@ -235,7 +221,8 @@ def run_pipeline(
         stage("train-stack-prior", lambda: train_prior(config, run.root, resume=_prior_is_current(run, "prior_stack"),
                                                         force=run.has_stage("prior_stack") and not _prior_is_current(run, "prior_stack"),
                                                         progress=progress, level="stack"), every_rank=True)  # fmt: skip
-        stage("sample-stacks", lambda: _sample_stacks(run, config, device))
+        stage("sample-stacks", lambda: draw_stacks(run.root, config.sample.stacks, run.samples / "stacks",
+                                                    seed=config.sample.seed, device=device))  # fmt: skip
     stage("figures", lambda: [str(p) for p in all_training_figures(run)])
     barrier()
     if not is_main_process():

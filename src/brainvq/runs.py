@@ -182,7 +182,6 @@ class LoadedRun:
     top_prior_problem: str | None = None
     top_reversed_prior: Any | None = None  # optional: the top map read backwards (anomaly maps' second ordering)
     stack_prior: Any | None = None  # optional: slice k's top map given slice k-1's (whole stacks)
-    stack_prior_config: Any | None = None  # its PriorConfig
 
     def require_stack_prior(self) -> Any:
         """The stack prior, or a RunError saying how to train it."""
@@ -277,7 +276,6 @@ def load_run(path: str | Path, device: str | torch.device = "auto") -> LoadedRun
     return LoadedRun(
         run, config, vqvae.to(device).eval(), prior, image_size, vqvae_hash, prior_hash, prior_problem, device,
         top_prior, top_hash, top_problem, reversed_prior, stack_prior,
-        stack_prior.config if stack_prior is not None else None,
     )  # fmt: skip
 
 

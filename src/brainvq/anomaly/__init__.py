@@ -17,13 +17,13 @@ bottom map's with the bottom prior; healing redraws unlikely *bottom* codes give
 top map (the top map, 4-16x coarser, is kept).
 """
 
-from brainvq.anomaly.detection import detect, examples_figure, overlay, prepare_out, run_threshold, score_images
+from brainvq.anomaly.detection import detect, examples_figure, overlay, prepare_out, score_images
 from brainvq.anomaly.inputs import Inputs, open_inputs
 from brainvq.anomaly.likelihood import Encoded, Healed, code_nll_bits, complete, decode, encode, top_nll_bits
-from brainvq.anomaly.maps import gaussian_blur, heal, image_score, probability_threshold
+from brainvq.anomaly.maps import gaussian_blur, heal, image_score
 from brainvq.anomaly.methods import DEFAULT_METHOD, METHODS, method_maps
 from brainvq.anomaly.reference import HealthyReference, healthy_reference
-from brainvq.anomaly.scoring import PixelScores, best_dice, dice_at, save_threshold
+from brainvq.anomaly.scoring import PixelScores, best_dice, dice_at
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -49,9 +49,6 @@ __all__ = [
     "open_inputs",
     "overlay",
     "prepare_out",
-    "probability_threshold",
-    "run_threshold",
-    "save_threshold",
     "score_images",
     "top_nll_bits",
 ]

@@ -15,13 +15,12 @@ from brainvq.anomaly.likelihood import (
     encode,
     top_nll_bits,
 )
-from brainvq.anomaly.maps import image_score, probability_threshold
-from brainvq.anomaly.methods import DEFAULT_METHOD, FALLBACKS, available, check_methods, method_maps, segment
+from brainvq.anomaly.maps import image_score
+from brainvq.anomaly.methods import method_maps, resolve_methods, segment
 from brainvq.anomaly.operating import brain_of, operating_thresholds
 from brainvq.anomaly.reference import healthy_reference
-from brainvq.anomaly.scoring import PixelScores, save_threshold
+from brainvq.anomaly.scoring import PixelScores
 from brainvq.data.dataset import iterate_batches
-from brainvq.errors import RunError
 from brainvq.files import atomic_write_json
 from brainvq.runs import LoadedRun
 
@@ -92,62 +91,6 @@ def score_images(
     return result
 
 
-def run_threshold(run: LoadedRun, quantile: float, data_root: str | Path | None) -> float:
-    """The redraw threshold stored with the run (``RUN/metrics/anomaly_threshold.json``), computed
-    from the validate split's code maps the first time (or when the run's checkpoints changed)."""
-    import json
-
-    from brainvq.codes import CodeMaps
-
-    path = run.root.metrics / "anomaly_threshold.json"
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if (stored.get("quantile"), stored.get("vqvae_hash"), stored.get("prior_hash")) == (
-            quantile, run.vqvae_hash, run.prior_hash,
-        ):  # fmt: skip
-            return float(stored["probability_threshold"])
-    split = run.config.data.val_split or "validate"
-    code_path = run.root.code_file(split)
-    if code_path.is_file():
-        codes = CodeMaps.load(code_path).check_made_by(run.vqvae_hash, code_path)
-    else:
-        from brainvq.codes import encode_dataset
-        from brainvq.data.dataset import load_split
-
-        root = data_root or run.config.data.root
-        if root is None:
-            raise RunError(
-                f"{run.root.root}: no {split} code maps to set the anomaly threshold (run `brainvq encode`)"
-            )
-        codes = encode_dataset(run.vqvae, load_split(root, split, in_memory=False), split, device=run.device,
-                               vqvae_hash=run.vqvae_hash)  # fmt: skip
-    slices = codes.slices if run.config.prior.condition_on_slice else None
-    top = codes.top_indices.long() if codes.top_indices is not None else None
-    threshold = probability_threshold(run, codes.indices.long(), slices, quantile, top)
-    save_threshold(run, path, threshold, quantile, split)
-    return threshold
-
-
-def default_methods(run: LoadedRun) -> list[str]:
-    """What ``anomaly`` computes unless told: the chosen method and the two baselines."""
-    return [chosen_method(run), "residual", "intensity"]
-
-
-def chosen_method(run: LoadedRun) -> str:
-    """:data:`DEFAULT_METHOD` where the run can make it, else the best one it can: ``top_z`` without the
-    reversed-order top prior, ``nll_z`` for one-level runs."""
-    names = available(run)
-    return next(m for m in (DEFAULT_METHOD, *FALLBACKS) if m in names)
-
-
-def _methods(run: LoadedRun, methods: list[str] | None) -> list[str]:
-    if not methods:
-        return default_methods(run)
-    if methods == ["all"]:
-        return [chosen_method(run), *[m for m in available(run) if m != chosen_method(run)]]
-    return check_methods(run, list(dict.fromkeys(methods)))
-
-
 class SegmentCounts:
     """Dice at a fixed threshold, with small components removed (:func:`segment`), summed over batches."""
 
@@ -182,7 +125,7 @@ def detect(
 
     from PIL import Image
 
-    names = _methods(run, methods)
+    names = resolve_methods(run, methods)
     reference = healthy_reference(run, reference_data)
     operating = operating_thresholds(run, reference, names, reference_data, seed=seed, batch_size=batch_size)
     scores = {m: PixelScores.empty() for m in names}

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from brainvq.codes import decode_levels, slice_condition
+from brainvq.codes import decode_levels, reverse_order, slice_condition
 from brainvq.devices import autocast_context, autocast_dtype, inference_precision
 from brainvq.errors import RunError
 from brainvq.runs import LoadedRun
@@ -94,6 +94,20 @@ def top_nll_bits(run: LoadedRun, top: torch.Tensor, slices: torch.Tensor | None 
     condition = _condition(run, slices, run.config.top_prior)
     logits = prior(top.to(run.device), condition.to(run.device) if condition is not None else None)
     return _nll_bits(logits, top.to(run.device))
+
+
+@torch.no_grad()
+def reversed_top_nll_bits(run: LoadedRun, top: torch.Tensor, slices: torch.Tensor | None = None) -> torch.Tensor:
+    """The top map's NLL (B, h, w) under the reversed-order top prior, in the map's own orientation."""
+    prior = run.top_reversed_prior
+    if prior is None:
+        raise RunError(
+            f"{run.root.root}: no reversed-order top prior (run `brainvq train-prior --level top-reversed`)"
+        )
+    turned = reverse_order(top)
+    condition = _condition(run, slices, run.config.top_prior)
+    logits = prior(turned.to(run.device), condition.to(run.device) if condition is not None else None)
+    return reverse_order(_nll_bits(logits, turned.to(run.device)))
 
 
 def complete(

@@ -31,25 +31,6 @@ def gaussian_blur(maps: torch.Tensor, sigma: float = SMOOTHING_SIGMA) -> torch.T
     return x.squeeze(1)
 
 
-def probability_threshold(
-    run: LoadedRun,
-    codes: torch.Tensor,
-    slices: torch.Tensor | None,
-    quantile: float,
-    top: torch.Tensor | None = None,
-) -> float:
-    """The ``quantile`` of per-code probabilities over healthy code maps (the redraw threshold)."""
-    values = []
-    for start in range(0, len(codes), 32):
-        part = slices[start : start + 32] if slices is not None else None
-        context = top[start : start + 32] if top is not None else None
-        values.append(torch.exp2(-code_nll_bits(run, codes[start : start + 32], part, context)).flatten())
-    everything = torch.cat(values)
-    if len(everything) > 4_000_000:  # torch.quantile's size limit: an even subsample
-        everything = everything[:: len(everything) // 4_000_000 + 1]
-    return float(torch.quantile(everything, quantile))
-
-
 def heal(
     run: LoadedRun, images: torch.Tensor, slices: torch.Tensor | None, threshold: float, *, seed: int = 0
 ) -> Healed:

@@ -33,9 +33,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from brainvq.anomaly.likelihood import _condition, code_nll_bits, decode, encode, top_nll_bits
+from brainvq.anomaly.likelihood import (
+    _condition,
+    code_nll_bits,
+    decode,
+    encode,
+    reversed_top_nll_bits,
+    top_nll_bits,
+)
 from brainvq.anomaly.maps import gaussian_blur
-from brainvq.anomaly.reference import HealthyReference, reversed_top_nll_bits
+from brainvq.anomaly.reference import HealthyReference
 from brainvq.errors import RunError
 from brainvq.runs import LoadedRun
 from brainvq.sampling.maps import resample_codes
@@ -75,6 +82,23 @@ def available(run: LoadedRun) -> tuple[str, ...]:
     if run.top_reversed_prior is None:
         names = [m for m in names if "both_orders" not in m]
     return tuple(names)
+
+
+def chosen_method(run: LoadedRun) -> str:
+    """:data:`DEFAULT_METHOD` where the run can make it, else the best one it can: ``top_z`` without the
+    reversed-order top prior, ``nll_z`` for one-level runs."""
+    names = available(run)
+    return next(m for m in (DEFAULT_METHOD, *FALLBACKS) if m in names)
+
+
+def resolve_methods(run: LoadedRun, methods: list[str] | None) -> list[str]:
+    """The methods to make, the chosen one first: by default it and the two baselines; ``["all"]``
+    every method the run can make; else the named ones, checked."""
+    if not methods:
+        return [chosen_method(run), "residual", "intensity"]
+    if methods == ["all"]:
+        return [chosen_method(run), *[m for m in available(run) if m != chosen_method(run)]]
+    return check_methods(run, list(dict.fromkeys(methods)))
 
 
 def check_methods(run: LoadedRun, methods: list[str]) -> list[str]:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from brainvq.anomaly.likelihood import code_nll_bits, top_nll_bits
-from brainvq.codes import CodeMaps, reverse_order
+from brainvq.anomaly.likelihood import code_nll_bits, reversed_top_nll_bits, top_nll_bits
+from brainvq.codes import CodeMaps
 from brainvq.errors import RunError
 from brainvq.runs import LoadedRun, atomic_torch_save
 
@@ -150,17 +150,3 @@ def build_reference(run: LoadedRun, data_root: str | Path | None = None) -> Heal
         {level: Statistics.of(torch.cat(parts), key, num_slices) for level, parts in nll.items() if parts},
         len(chosen),
     )
-
-
-@torch.no_grad()
-def reversed_top_nll_bits(run: LoadedRun, top: torch.Tensor, slices: torch.Tensor | None) -> torch.Tensor:
-    """The top map's NLL (B, h, w) under the reversed-order prior, in the map's own orientation."""
-    from brainvq.anomaly.likelihood import _condition, _nll_bits
-
-    turned = reverse_order(top)
-    condition = _condition(run, slices, run.config.top_prior)
-    device = run.device
-    prior = run.top_reversed_prior
-    assert prior is not None
-    logits = prior(turned.to(device), condition.to(device) if condition is not None else None)
-    return reverse_order(_nll_bits(logits, turned.to(device)))

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from brainvq.anomaly.maps import image_score
-from brainvq.files import atomic_write_json
-from brainvq.runs import LoadedRun
 
 
 @dataclass
@@ -66,16 +63,3 @@ def best_dice(values: torch.Tensor, truths: torch.Tensor, bins: int = 2000) -> d
 def dice_at(values: torch.Tensor, truths: torch.Tensor, threshold: float) -> float:
     predicted = values >= threshold
     return float(2 * (predicted & truths).sum() / (predicted.sum() + truths.sum()).clamp_min(1))
-
-
-def save_threshold(run: LoadedRun, path: Path, threshold: float, quantile: float, split: str) -> None:
-    atomic_write_json(
-        path,
-        {
-            "probability_threshold": threshold,
-            "quantile": quantile,
-            "split": split,
-            "vqvae_hash": run.vqvae_hash,
-            "prior_hash": run.prior_hash,
-        },
-    )

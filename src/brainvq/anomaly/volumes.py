@@ -27,7 +27,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from brainvq.anomaly.methods import method_maps
+from brainvq.anomaly.methods import method_maps, resolve_methods
 from brainvq.anomaly.operating import operating_thresholds
 from brainvq.anomaly.reference import HealthyReference, healthy_reference
 from brainvq.anomaly.scoring import best_dice, dice_at
@@ -82,7 +82,6 @@ def detect_volumes(
     seed: int = 0, batch_size: int = 16, reference_data: str | Path | None = None, log: Any = print,
 ) -> dict[str, Any]:  # fmt: skip
     """See the module doc; returns (and writes to ``OUT/anomaly_volumes.json``) the per-volume records."""
-    from brainvq.anomaly.detection import _methods
     from brainvq.data.slicing import DEFAULT_SUBJECT_PATTERN, assign_subjects
     from brainvq.data.volumes import find_volumes, is_volume
 
@@ -103,7 +102,7 @@ def detect_volumes(
                 raise DataError(
                     f"{truths[subject]}: truth volume of shape {truth_shape}, but its scan {path.name} is {scan_shape}"
                 )
-    names = _methods(run, methods)
+    names = resolve_methods(run, methods)
     files = {names[0]: "anomaly", **{m: m for m in names[1:]}}  # method -> file suffix; the first is chosen
     reference = healthy_reference(run, reference_data)
     operating = operating_thresholds(run, reference, names, reference_data, seed=seed, batch_size=batch_size)

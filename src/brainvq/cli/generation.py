@@ -79,32 +79,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _sample_volumes(args: argparse.Namespace) -> int:
-    from brainvq.errors import BrainVQError
-    from brainvq.files import is_owned, mark_owned
-    from brainvq.runs import load_run
-    from brainvq.sampling.stack_files import write_stacks
-    from brainvq.sampling.stacks import sample_stacks
+    from brainvq.sampling.stack_files import draw_stacks
 
-    if args.volumes < 1:
-        raise BrainVQError(f"--volumes must be at least 1, got {args.volumes}")
     out = args.out if args.out is not None else args.run / "samples" / "stacks"
-    if out.exists() and any(out.iterdir()) and not is_owned(out):
-        raise BrainVQError(f"{out}: a folder brainvq did not make; give an empty or new --out")
-    run = load_run(args.run, args.device)
-    run.require_stack_prior()
-    result = sample_stacks(run, args.volumes, seed=args.seed, temperature=args.temperature,
-                           top_map_temperature=args.top_map_temperature, sampler=args.sampler,
-                           progress=not args.json)  # fmt: skip
-    mark_owned(out, "stacks")
-    record = write_stacks(result, out, {
-        "seed": args.seed, "sampling": result.sampling._asdict(), "seconds": result.seconds,
-        "seconds_per_stack": result.seconds / args.volumes, "top_seconds": result.top_seconds,
-        "bottom_seconds": result.bottom_seconds, "vqvae_hash": run.vqvae_hash, "prior_hash": run.prior_hash,
-    })  # fmt: skip
+    record = draw_stacks(args.run, args.volumes, out, seed=args.seed, device=args.device,
+                         temperature=args.temperature, top_map_temperature=args.top_map_temperature,
+                         sampler=args.sampler, progress=not args.json)  # fmt: skip
     if args.json:
         print(json.dumps(record, indent=2))
     else:
-        print(f"{args.volumes} stacks of {record['slices']} slices in {result.seconds:.1f} s -> {out}")
+        print(f"{record['stacks']} stacks of {record['slices']} slices in {record['seconds']:.1f} s -> {out}")
     return 0
 
 

@@ -31,6 +31,30 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def draw_stacks(run_root: str | Path, count: int, out: Path, *, seed: int = 0, device: str = "auto",
+                **options: Any) -> dict[str, Any]:  # fmt: skip
+    """``sample --volumes``: draw ``count`` stacks with the run's stack prior (``options`` go to
+    :func:`sample_stacks`) and write them under ``out``, which must be new, empty or brainvq's."""
+    from brainvq.errors import BrainVQError
+    from brainvq.files import is_owned, mark_owned
+    from brainvq.runs import load_run
+    from brainvq.sampling.stacks import sample_stacks
+
+    if count < 1:
+        raise BrainVQError(f"--volumes must be at least 1, got {count}")
+    if out.exists() and any(out.iterdir()) and not is_owned(out):
+        raise BrainVQError(f"{out}: a folder brainvq did not make; give an empty or new --out")
+    run = load_run(run_root, device)
+    run.require_stack_prior()
+    result = sample_stacks(run, count, seed=seed, **options)
+    mark_owned(out, "stacks")
+    return write_stacks(result, out, {
+        "seed": seed, "sampling": result.sampling._asdict(), "seconds": result.seconds,
+        "seconds_per_stack": result.seconds / count, "top_seconds": result.top_seconds,
+        "bottom_seconds": result.bottom_seconds, "vqvae_hash": run.vqvae_hash, "prior_hash": run.prior_hash,
+    })  # fmt: skip
+
+
 def write_stacks(result: StackResult, out: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Write every stack of ``result`` under ``out`` (see the module doc); returns the record written."""
     folder = out / f"keras_png_slices_{SPLIT}"
