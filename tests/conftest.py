@@ -128,3 +128,41 @@ def finished_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     )
     run_pipeline(config, run, progress=False, samples=4, device="cpu", log=lambda *_: None)
     return run
+
+
+TWO_LEVELS = [
+    *TINY,
+    "model.levels=2",
+    "model.top_downsample=2",
+    "model.top_num_embeddings=16",
+    "prior.condition_on_slice=true",
+    "prior.positional=true",
+    "prior.context_channels=8",
+    "top_prior.hidden_channels=32",
+    "top_prior.num_layers=2",
+    "top_prior.num_heads=4",
+    "top_prior_train.batch_size=16",
+    "top_prior_train.val_batch_size=32",
+]
+
+
+def _sets() -> list[str]:
+    return [part for item in TWO_LEVELS for part in ("--set", item)]
+
+
+@pytest.fixture(scope="session")
+def two_level_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny two-level run trained through the CLI on the phantom (tests that change it work on a copy)."""
+    from tests.training.test_resume_cli import brainvq as cli
+
+    run = tmp_path_factory.mktemp("two") / "run"
+    data = ["--data", str(phantom_root)]
+    steps = [
+        ["train-vqvae", *data, "--run", str(run), *_sets(), "--max-steps", "25", "--quiet"],
+        ["encode", "--run", str(run), *data],
+        ["train-prior", "--run", str(run), *_sets(), "--max-steps", "15", "--quiet"],
+    ]
+    for step in steps:
+        result = cli(*step)
+        assert result.returncode == 0, (step[0], result.stderr[-2000:])
+    return run

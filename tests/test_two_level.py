@@ -16,44 +16,10 @@ import brainvq.anomaly.methods
 from brainvq.codes import CodeMaps, decode_levels
 from brainvq.runs import RunDir, load_checkpoint
 from brainvq.sampling import Sampling, sample_codes, slice_conditions
-from tests.conftest import TINY
+from tests.conftest import TWO_LEVELS
 from tests.training.test_resume_cli import brainvq as cli
 
 pytestmark = pytest.mark.slow
-
-TWO_LEVELS = [
-    *TINY,
-    "model.levels=2",
-    "model.top_downsample=2",
-    "model.top_num_embeddings=16",
-    "prior.condition_on_slice=true",
-    "prior.positional=true",
-    "prior.context_channels=8",
-    "top_prior.hidden_channels=32",
-    "top_prior.num_layers=2",
-    "top_prior.num_heads=4",
-    "top_prior_train.batch_size=16",
-    "top_prior_train.val_batch_size=32",
-]
-
-
-def _sets() -> list[str]:
-    return [part for item in TWO_LEVELS for part in ("--set", item)]
-
-
-@pytest.fixture(scope="module")
-def two_level_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("two") / "run"
-    data = ["--data", str(phantom_root)]
-    steps = [
-        ["train-vqvae", *data, "--run", str(run), *_sets(), "--max-steps", "25", "--quiet"],
-        ["encode", "--run", str(run), *data],
-        ["train-prior", "--run", str(run), *_sets(), "--max-steps", "15", "--quiet"],
-    ]
-    for step in steps:
-        result = cli(*step)
-        assert result.returncode == 0, (step[0], result.stderr[-2000:])
-    return run
 
 
 def test_codes_hold_both_levels_and_both_priors_are_trained(two_level_run: Path) -> None:
@@ -223,107 +189,6 @@ def test_a_reversed_top_prior_gives_every_method_and_reads_the_map_backwards(
     assert set(result["methods"]) == set(brainvq.anomaly.methods.METHODS)
     for scores in result["methods"].values():
         assert 0 <= scores["pixel_ap"] <= 1 and 0 <= scores["dice_at_operating_threshold"] <= 1
-
-
-@pytest.fixture(scope="module")
-def stack_run(two_level_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("stack") / "run"
-    shutil.copytree(two_level_run, run)
-    trained = cli("train-prior", "--run", str(run), "--level", "stack", "--max-steps", "10", "--quiet",
-                  "--set", "top_prior.context_mode=prefix")  # fmt: skip
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    return run
-
-
-def test_the_stack_prior_learns_each_slice_after_the_previous_one_of_its_subject(stack_run: Path) -> None:
-    codes = CodeMaps.load(stack_run / "codes" / "train.pt")
-    stack = codes.level("stack")
-    assert codes.top_indices is not None and codes.top_num_embeddings is not None
-    assert stack.top_num_embeddings == codes.top_num_embeddings + 1
-    for i in (0, 5, 40, len(codes) - 1):
-        subject, index = int(codes.subjects[i]), int(codes.slices[i])
-        batch = stack.batch([i])
-        assert torch.equal(batch["codes"][0], codes.top_indices[i].long())
-        if index == 0:
-            assert (batch["context"] == codes.top_num_embeddings).all()  # "no previous slice"
-        else:
-            before = int(((codes.subjects == subject) & (codes.slices == index - 1)).nonzero()[0])
-            assert torch.equal(batch["context"][0], codes.top_indices[before].long())
-    state = load_checkpoint(RunDir(stack_run).checkpoint("prior_stack", "last"))
-    assert state["level"] == "stack" and state["config"]["top_prior"]["context_mode"] == "prefix"
-    resolved = (stack_run / "config.yaml").read_text()
-    assert "context_mode: prefix" not in resolved  # the run's own top prior section is untouched
-
-
-def test_sample_volumes_writes_stacks_a_viewer_and_brainvq_read_back(stack_run: Path, tmp_path: Path) -> None:
-    import nibabel as nib
-    import numpy as np
-    from PIL import Image
-
-    from brainvq.conform.geometry import stack_volume
-
-    out = tmp_path / "stacks"
-    drawn = cli("sample", "--run", str(stack_run), "--volumes", "2", "--out", str(out), "--seed", "3", "--json")
-    assert drawn.returncode == 0, drawn.stderr[-2000:]
-    record = json.loads(drawn.stdout)
-    assert record["stacks"] == 2 and record["slices"] == 32 and (out / "stacks.png").stat().st_size > 5000
-    for subject in (1, 2):
-        image = nib.load(str(out / f"stack_{subject:03d}.nii.gz"))
-        volume = np.asanyarray(image.dataobj)
-        pngs = np.stack([np.asarray(Image.open(out / "keras_png_slices_generated" / f"case_{subject:03d}_slice_{k}.nii.png"))
-                         for k in range(32)])  # fmt: skip
-        expected, affine = stack_volume(pngs, pad=0)
-        assert volume.shape == (64, 64, 32) and np.array_equal(volume, expected)  # the PNGs, in slice order
-        assert np.allclose(image.affine, affine) and nib.aff2axcodes(image.affine) == ("A", "L", "S")
-    again = cli("sample", "--run", str(stack_run), "--volumes", "2", "--out", str(tmp_path / "again"), "--seed", "3",
-                "--json")  # fmt: skip
-    assert again.returncode == 0
-    first = np.asanyarray(nib.load(str(out / "stack_002.nii.gz")).dataobj)
-    assert np.array_equal(first, np.asanyarray(nib.load(str(tmp_path / "again" / "stack_002.nii.gz")).dataobj))
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("mine")
-    refused = cli("sample", "--run", str(stack_run), "--volumes", "1", "--out", str(foreign))
-    assert refused.returncode != 0 and "did not make" in refused.stderr and "Traceback" not in refused.stderr
-
-
-def test_the_fast_stack_sampler_draws_what_the_naive_one_draws(stack_run: Path) -> None:
-    """The stack prior's top maps, slice after slice (the bottom maps are drawn by ``sample_codes``,
-    whose fast sampler is checked against the naive one in tests/sampling)."""
-    from brainvq.sampling.stacks import draw_stack_top_maps
-
-    run = brainvq.load_run(stack_run, "cpu")
-    prior = run.require_stack_prior()
-    drawn = {
-        sampler: draw_stack_top_maps(
-            prior,
-            2,
-            5,
-            run.top_code_shape,
-            generator=torch.Generator().manual_seed(1),
-            sampler=sampler,
-            temperature=1.0,
-        )
-        for sampler in ("fast", "naive")
-    }
-    assert drawn["fast"].shape == (2, 5, 8, 8) and torch.equal(drawn["fast"], drawn["naive"])
-
-
-def test_the_pipeline_trains_the_stack_prior_and_draws_stacks_when_asked(
-    two_level_run: Path, phantom_root: Path, tmp_path: Path
-) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(two_level_run, run)
-    budgets = ["train.max_steps=25", "prior_train.max_steps=15", "top_prior_train.max_steps=15", "sample.stacks=1"]
-    sets = [part for item in [*TWO_LEVELS, *budgets] for part in ("--set", item)]
-    done = cli("pipeline", "--data", str(phantom_root), "--run", str(run), *sets, "--quiet", timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert load_checkpoint(RunDir(run).checkpoint("prior_stack", "last"))["loop"]["step"] == 15
-    record = json.loads((run / "samples" / "stacks" / "stacks.json").read_text())
-    assert record["stacks"] == 1 and (run / "samples" / "stacks" / "stack_001.nii.gz").is_file()
-    assert {"train-stack-prior", "sample-stacks"} <= set(
-        json.loads((run / "pipeline.json").read_text())["completed"]
-    )
 
 
 def _prior_weights(run: Path, stage: str) -> dict[str, torch.Tensor]:

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_bad_yaml_names_the_file(tmp_path: Path) -> None:
 
 
 def test_presets_load() -> None:
-    for name in ("demo", "oasis-cpu", "oasis-cpu-1level", "oasis-gpu", "seed"):
+    for name in ("demo", "oasis-cpu", "oasis-cpu-1level", "oasis-cpu-stacks", "oasis-gpu", "seed"):
         config = load_config(find_preset(name))
         assert isinstance(config, Config)
     for name in ("oasis-cpu", "oasis-gpu"):  # two levels won (README, "Two levels")
@@ -94,6 +95,9 @@ def test_presets_load() -> None:
         assert two_levels.model.levels == 2 and two_levels.model.bottom_dropout == 0.5
         assert two_levels.model.bottom_dropout_weight == 0.1
         assert (two_levels.sample.top_p, two_levels.sample.top_map_top_p) == (0.7, 1.0)  # a nucleus: bottom only
+    stacks, cpu = load_config(find_preset("oasis-cpu-stacks")), load_config(find_preset("oasis-cpu"))
+    assert stacks.sample.stacks == 4 and stacks.top_prior.context_mode == "aligned"  # measured: docs/experiments
+    assert replace(stacks, sample=cpu.sample) == cpu  # otherwise oasis-cpu: the same models and budgets
     for name in ("oasis-cpu-1level", "demo"):  # one level samples without a nucleus
         one_level = load_config(find_preset(name))
         assert one_level.model.levels == 1 and one_level.sample.top_p == 1.0

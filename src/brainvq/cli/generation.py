@@ -40,7 +40,7 @@ def _evaluate_stacks(args: argparse.Namespace) -> int:
         for name, scores in result["sets"].items():
             print(f"{name:22s} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if k != "stacks"))
         for key, share in result.get("gap_closed", {}).items():
-            print(f"stack prior closes {share:.0%} of the gap on {key}")
+            print(f"the stacks close {share:.0%} of the gap to real on {key}")
     return 0
 
 
@@ -49,6 +49,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.volumes is not None:
         return _sample_volumes(args)
+    if args.labels is not None:
+        raise BrainVQError("--labels labels whole stacks: give it with --volumes N")
     result = sample_run(
         args.run,
         args.n,
@@ -84,7 +86,7 @@ def _sample_volumes(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else args.run / "samples" / "stacks"
     record = draw_stacks(args.run, args.volumes, out, seed=args.seed, device=args.device,
                          temperature=args.temperature, top_map_temperature=args.top_map_temperature,
-                         sampler=args.sampler, progress=not args.json)  # fmt: skip
+                         sampler=args.sampler, judge=args.labels, progress=not args.json)  # fmt: skip
     if args.json:
         print(json.dumps(record, indent=2))
     else:
@@ -177,6 +179,10 @@ def add_commands(sub: Commands) -> None:
     p.add_argument(
         "--volumes", type=int,
         help="draw this many whole stacks with the stack prior instead: NIfTI volumes, OASIS-layout PNGs, views",
+    )  # fmt: skip
+    p.add_argument(
+        "--labels", type=Path, metavar="JUDGE",
+        help="with --volumes: also write each stack's tissue labels by this judge (brainvq train-judge)",
     )  # fmt: skip
     add_device_arg(p)
     add_json_arg(p)

@@ -109,12 +109,13 @@ def nearest_subject_correlation(stacks: np.ndarray, train: np.ndarray) -> np.nda
     """Each stack's mean per-slice Pearson correlation with its nearest training subject (N,)."""
 
     def normalised(x: np.ndarray) -> np.ndarray:
-        flat = x.reshape(*x.shape[:2], -1).astype(np.float64)  # (N, S, H*W)
-        flat = flat - flat.mean(-1, keepdims=True)
-        return flat / np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+        flat = x.reshape(*x.shape[:2], -1).astype(np.float32)  # (N, S, H, W) -> (N, S, H*W)
+        flat -= flat.mean(-1, keepdims=True)
+        flat /= np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+        return np.ascontiguousarray(flat.transpose(1, 0, 2))  # (S, N, H*W): one matrix product per slice
 
     a, b = normalised(stacks), normalised(train)
-    correlation = np.einsum("nsp,tsp->nt", a, b) / stacks.shape[1]  # (N, T): mean over slices
+    correlation = np.matmul(a, b.transpose(0, 2, 1)).mean(axis=0)  # (S, N, T) -> (N, T): mean over slices
     return correlation.max(axis=1)
 
 
@@ -180,8 +181,10 @@ def evaluate_stacks(
     out: str | Path | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """``evaluate-samples --volumes``: the stack metrics of generated stacks (a run's stack prior, its
-    independent slices, a folder of stacks) and of the known answers, against real subjects of ``split``."""
+    """``evaluate-samples --volumes``: the stack metrics of generated stacks and of the known answers,
+    against real subjects of ``split``. The generated stacks are ``samples`` (a ``sample --volumes``
+    folder) or, without it, ``n`` stacks drawn with the run's stack prior; a run also gives the baseline,
+    ``n`` stacks of independently drawn slices, and the share of its gap to the floor that they close."""
     from brainvq.evaluation.judge import load_judge
     from brainvq.files import atomic_write_json
 
@@ -198,26 +201,27 @@ def evaluate_stacks(
         from brainvq.sampling.stacks import sample_stacks
 
         run = load_run(run_root, device)
-        if run.stack_prior is not None:
+        if run.stack_prior is not None and samples is None:
             sets["stack prior"] = sample_stacks(run, n, seed=seed).images.numpy()
         sets["independent slices"] = independent_stacks(run, n, seed)
     train = read_stacks(train_root, "train")[0] if train_root is not None else None
     result: dict[str, Any] = {"split": split, "reference_subjects": len(reference), "seed": seed,
                               "sets": score_stacks(sets, reference, judge, train)}  # fmt: skip
-    if "stack prior" in sets:
+    model = "stack prior" if "stack prior" in sets else "samples"
+    if model in sets and "independent slices" in sets:
         result["gap_closed"] = {
-            key: gap_closed(result["sets"], "stack prior", "independent slices", "real (floor)", key)
+            key: gap_closed(result["sets"], model, "independent slices", "real (floor)", key)
             for key in ("adjacent_ssim_w", "tissue_curve_w", "tissue_curve_distance", "through_plane_w")
         }
     if out is not None:
         from brainvq.sampling.stack_files import views_figure
 
         Path(out).mkdir(parents=True, exist_ok=True)
-        shown = {
-            name: sets[name][:4] for name in ("stack prior", "real (floor)", "independent slices") if name in sets
+        shown: dict[str, np.ndarray] = {
+            name: (np.clip(sets[name][:4], 0, 1) * 255).astype(np.uint8)
+            for name in ("stack prior", "samples", "real (floor)", "independent slices")
+            if name in sets
         }
-        stacked = np.concatenate([(np.clip(v, 0, 1) * 255).astype(np.uint8) for v in shown.values()])
-        titles = [f"{name} {k + 1}" for name, v in shown.items() for k in range(len(v))]
-        result["figure"] = str(views_figure(stacked, Path(out) / "stacks_views.png", titles))
+        result["figure"] = str(views_figure(shown, Path(out) / "stacks_views.png"))
         atomic_write_json(Path(out) / "stack_scores.json", result)
     return result

@@ -1,0 +1,193 @@
+"""Whole stacks as a user makes them (issue 38): the stack prior trained through the CLI, ``sample
+--volumes`` (NIfTI volumes, OASIS-layout PNGs, tissue labels), fast == naive sampling, the pipeline's
+stack stages, and ``evaluate-samples --volumes`` on drawn and written stacks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import brainvq
+from brainvq.codes import CodeMaps
+from brainvq.data.layout import scan_split
+from brainvq.runs import RunDir, load_checkpoint
+from tests.conftest import TWO_LEVELS
+from tests.training.test_resume_cli import brainvq as cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack_run(two_level_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("stack") / "run"
+    shutil.copytree(two_level_run, run)
+    trained = cli("train-prior", "--run", str(run), "--level", "stack", "--max-steps", "10", "--quiet",
+                  "--set", "top_prior.context_mode=prefix")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    return run
+
+
+def test_the_stack_prior_learns_each_slice_after_the_previous_one_of_its_subject(stack_run: Path) -> None:
+    codes = CodeMaps.load(stack_run / "codes" / "train.pt")
+    stack = codes.level("stack")
+    assert codes.top_indices is not None and codes.top_num_embeddings is not None
+    assert stack.top_num_embeddings == codes.top_num_embeddings + 1
+    for i in (0, 5, 40, len(codes) - 1):
+        subject, index = int(codes.subjects[i]), int(codes.slices[i])
+        batch = stack.batch([i])
+        assert torch.equal(batch["codes"][0], codes.top_indices[i].long())
+        if index == 0:
+            assert (batch["context"] == codes.top_num_embeddings).all()  # "no previous slice"
+        else:
+            before = int(((codes.subjects == subject) & (codes.slices == index - 1)).nonzero()[0])
+            assert torch.equal(batch["context"][0], codes.top_indices[before].long())
+    state = load_checkpoint(RunDir(stack_run).checkpoint("prior_stack", "last"))
+    assert state["level"] == "stack" and state["config"]["top_prior"]["context_mode"] == "prefix"
+    resolved = (stack_run / "config.yaml").read_text()
+    assert "context_mode: prefix" not in resolved  # the run's own top prior section is untouched
+
+
+def test_sample_volumes_writes_stacks_a_viewer_and_brainvq_read_back(stack_run: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image
+
+    from brainvq.conform.geometry import stack_volume
+
+    out = tmp_path / "stacks"
+    drawn = cli("sample", "--run", str(stack_run), "--volumes", "2", "--out", str(out), "--seed", "3", "--json")
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    record = json.loads(drawn.stdout)
+    assert record["stacks"] == 2 and record["slices"] == 32 and (out / "stacks.png").stat().st_size > 5000
+    for subject in (1, 2):
+        image = nib.load(str(out / f"stack_{subject:03d}.nii.gz"))
+        volume = np.asanyarray(image.dataobj)
+        pngs = np.stack([np.asarray(Image.open(out / "keras_png_slices_generated" / f"case_{subject:03d}_slice_{k}.nii.png"))
+                         for k in range(32)])  # fmt: skip
+        expected, affine = stack_volume(pngs, pad=0)
+        assert volume.shape == (64, 64, 32) and np.array_equal(volume, expected)  # the PNGs, in slice order
+        assert np.allclose(image.affine, affine) and nib.aff2axcodes(image.affine) == ("A", "L", "S")
+    again = cli("sample", "--run", str(stack_run), "--volumes", "2", "--out", str(tmp_path / "again"), "--seed", "3",
+                "--json")  # fmt: skip
+    assert again.returncode == 0
+    first = np.asanyarray(nib.load(str(out / "stack_002.nii.gz")).dataobj)
+    assert np.array_equal(first, np.asanyarray(nib.load(str(tmp_path / "again" / "stack_002.nii.gz")).dataobj))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    refused = cli("sample", "--run", str(stack_run), "--volumes", "1", "--out", str(foreign))
+    assert refused.returncode != 0 and "did not make" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_sample_volumes_labels_each_stack_as_the_judge_segments_its_slices(
+    stack_run: Path, trained_judge: Path, tmp_path: Path
+) -> None:
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "labelled"
+    drawn = cli("sample", "--run", str(stack_run), "--volumes", "2", "--out", str(out), "--labels", str(trained_judge),
+                "--json")  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    assert len(json.loads(drawn.stdout)["label_volumes"]) == 2
+    segmented = cli("segment", "--judge", str(trained_judge), str(out / "keras_png_slices_generated"),
+                    str(tmp_path / "segmented"))  # fmt: skip
+    assert segmented.returncode == 0, segmented.stderr[-2000:]
+    for subject in (1, 2):
+        image = nib.load(str(out / f"stack_{subject:03d}_labels.nii.gz"))
+        labels = np.asanyarray(image.dataobj)
+        assert np.allclose(image.affine, nib.load(str(out / f"stack_{subject:03d}.nii.gz")).affine)
+        assert set(np.unique(labels)) <= {0, 1, 2, 3} and len(np.unique(labels)) > 1
+        for k in (0, 13, 31):
+            mask = np.asarray(
+                Image.open(out / "keras_png_slices_seg_generated" / f"seg_{subject:03d}_slice_{k}.nii.png")
+            )
+            segment = Image.open(tmp_path / "segmented" / f"case_{subject:03d}_slice_{k}.nii.png")
+            assert np.array_equal(mask, np.asarray(segment))  # what brainvq segment says of the written slice
+            assert np.array_equal(np.array([0, 85, 170, 255])[labels[:, :, k].T], mask)  # slice k of the volume
+    scan = scan_split(out, "generated")  # images and masks pair up in the OASIS layout
+    assert scan.has_masks and not scan.problems and len(scan.records) == 64
+    assert all(record.mask_path is not None for record in scan.records)
+    alone = cli("sample", "--run", str(stack_run), "--labels", str(trained_judge), "--out", str(tmp_path / "x"))
+    assert alone.returncode != 0 and "--volumes" in alone.stderr and "Traceback" not in alone.stderr
+    no_judge = cli("sample", "--run", str(stack_run), "--volumes", "1", "--labels", str(tmp_path / "nothing"),
+                   "--out", str(tmp_path / "y"))  # fmt: skip
+    assert no_judge.returncode != 0 and "nothing" in no_judge.stderr and "Traceback" not in no_judge.stderr
+    assert not (tmp_path / "y").exists()
+
+
+def test_the_fast_stack_sampler_draws_what_the_naive_one_draws(stack_run: Path) -> None:
+    """The stack prior's top maps, slice after slice (the bottom maps are drawn by ``sample_codes``,
+    whose fast sampler is checked against the naive one in tests/sampling)."""
+    from brainvq.sampling.stacks import draw_stack_top_maps
+
+    run = brainvq.load_run(stack_run, "cpu")
+    prior = run.require_stack_prior()
+    drawn = {
+        sampler: draw_stack_top_maps(
+            prior,
+            2,
+            5,
+            run.top_code_shape,
+            generator=torch.Generator().manual_seed(1),
+            sampler=sampler,
+            temperature=1.0,
+        )
+        for sampler in ("fast", "naive")
+    }
+    assert drawn["fast"].shape == (2, 5, 8, 8) and torch.equal(drawn["fast"], drawn["naive"])
+
+
+def test_the_pipeline_trains_the_stack_prior_and_draws_stacks_when_asked(
+    two_level_run: Path, phantom_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(two_level_run, run)
+    budgets = ["train.max_steps=25", "prior_train.max_steps=15", "top_prior_train.max_steps=15", "sample.stacks=1"]
+    sets = [part for item in [*TWO_LEVELS, *budgets] for part in ("--set", item)]
+    done = cli("pipeline", "--data", str(phantom_root), "--run", str(run), *sets, "--quiet", timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_checkpoint(RunDir(run).checkpoint("prior_stack", "last"))["loop"]["step"] == 15
+    record = json.loads((run / "samples" / "stacks" / "stacks.json").read_text())
+    assert record["stacks"] == 1 and (run / "samples" / "stacks" / "stack_001.nii.gz").is_file()
+    assert {"train-stack-prior", "sample-stacks"} <= set(
+        json.loads((run / "pipeline.json").read_text())["completed"]
+    )
+
+
+def test_evaluate_samples_volumes_scores_drawn_and_written_stacks_alike(
+    stack_run: Path, judge_data: Path, trained_judge: Path, tmp_path: Path
+) -> None:
+    common = ["evaluate-samples", "--volumes", "--judge", str(trained_judge), "--real", str(judge_data),
+              "--split", "train", "--n", "2", "--seed", "0", "--json"]  # fmt: skip
+    drawn = cli(*common, "--run", str(stack_run), "--out", str(tmp_path / "drawn"))
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    result = json.loads(drawn.stdout)
+    assert set(result["sets"]) == {"real (floor)", "shuffled real slices", "stack prior", "independent slices"}
+    assert set(result["gap_closed"]) == {
+        "adjacent_ssim_w",
+        "tissue_curve_w",
+        "tissue_curve_distance",
+        "through_plane_w",
+    }
+    assert (tmp_path / "drawn" / "stacks_views.png").stat().st_size > 5000
+    assert json.loads((tmp_path / "drawn" / "stack_scores.json").read_text())["sets"] == result["sets"]
+
+    written = tmp_path / "written"
+    assert (
+        cli("sample", "--run", str(stack_run), "--volumes", "2", "--seed", "0", "--out", str(written)).returncode
+        == 0
+    )
+    scored = cli(*common, "--samples", str(written), "--run", str(stack_run))
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    from_folder = json.loads(scored.stdout)
+    assert "stack prior" not in from_folder["sets"] and set(from_folder["gap_closed"]) == set(result["gap_closed"])
+    folder, direct = from_folder["sets"]["samples"], result["sets"]["stack prior"]
+    assert folder["adjacent_ssim_mean"] == pytest.approx(direct["adjacent_ssim_mean"], abs=0.01)  # 8-bit PNGs
+    assert folder["tissue_roughness_mean"] == pytest.approx(direct["tissue_roughness_mean"], abs=0.01)
+    assert from_folder["sets"]["independent slices"] == result["sets"]["independent slices"]
