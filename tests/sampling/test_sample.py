@@ -101,6 +101,25 @@ def test_draw_follows_the_distribution() -> None:
     assert sharp[0] > 0.95
 
 
+def test_shared_noise_couples_rows_and_leaves_each_an_exact_draw() -> None:
+    logits = torch.randn(6, 40)
+    logits[3] = logits[2]  # two rows with one distribution
+    coupled = draw(logits, 1.0, torch.Generator().manual_seed(3), shared_noise=True)
+    for row in range(6):  # each row is the draw a batch of that row alone makes: exact, not biased
+        alone = draw(logits[row : row + 1], 1.0, torch.Generator().manual_seed(3))
+        assert int(coupled[row]) == int(alone[0])
+    assert int(coupled[2]) == int(coupled[3])  # equal distributions, equal codes
+    same = torch.zeros(8, 64)  # eight uniform rows: independent noise splits them, shared noise never
+    assert len(draw(same, 1.0, torch.Generator().manual_seed(0)).unique()) > 1
+    assert len(draw(same, 1.0, torch.Generator().manual_seed(0), shared_noise=True).unique()) == 1
+    marginal = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
+    counts = torch.stack([draw(marginal.repeat(2, 1), 1.0, torch.Generator().manual_seed(s), shared_noise=True)
+                          for s in range(4000)])  # fmt: skip
+    assert torch.allclose(
+        torch.bincount(counts[:, 1], minlength=3) / 4000.0, torch.tensor([0.7, 0.2, 0.1]), atol=0.03
+    )
+
+
 def test_slice_conditions() -> None:
     conditioned, plain = _prior("pixelcnn", True), _prior("pixelcnn", False)
     assert slice_conditions(4, conditioned, 16).tolist() == [16] * 4
@@ -238,6 +257,12 @@ def test_conditioned_bottom_fast_sampler_equals_naive(arch: str) -> None:
     nucleus_fast = sample_codes(prior, 3, (16, 16), sampler="fast", top_p=0.7, **kwargs)
     assert torch.equal(nucleus_fast, sample_codes(prior, 3, (16, 16), sampler="naive", top_p=0.7, **kwargs))
     assert not torch.equal(nucleus_fast, fast)
+    shared = sample_codes(prior, 3, (16, 16), sampler="fast", shared_noise=True, **kwargs)
+    assert torch.equal(shared, sample_codes(prior, 3, (16, 16), sampler="naive", shared_noise=True, **kwargs))
+    alike = {"generator": 5, "condition": torch.tensor([9, 9]), "context": top[:1].repeat(2, 1, 1)}
+    twins = sample_codes(prior, 2, (16, 16), shared_noise=True, batch_size=2, **alike)
+    assert torch.equal(twins[0], twins[1])  # the same distribution everywhere: the same map
+    assert not torch.equal(*sample_codes(prior, 2, (16, 16), batch_size=2, **alike))
 
 
 def test_transformer_cached_sampler_equals_uncached() -> None:

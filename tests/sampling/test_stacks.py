@@ -63,6 +63,7 @@ def test_sample_volumes_writes_stacks_a_viewer_and_brainvq_read_back(stack_run: 
     assert drawn.returncode == 0, drawn.stderr[-2000:]
     record = json.loads(drawn.stdout)
     assert record["stacks"] == 2 and record["slices"] == 32 and (out / "stacks.png").stat().st_size > 5000
+    assert record["shared_noise"] is True  # sample.stack_shared_noise, the default
     for subject in (1, 2):
         image = nib.load(str(out / f"stack_{subject:03d}.nii.gz"))
         volume = np.asanyarray(image.dataobj)

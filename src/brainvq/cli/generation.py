@@ -216,8 +216,9 @@ def add_commands(sub: Commands) -> None:
     add_device_arg(p)
     p.add_argument(
         "--volumes", action="store_true",
-        help="score whole stacks instead (a run's stack prior and independent slices, or --samples OUT of "
-        "sample --volumes): adjacent-slice agreement, tissue curves, through-plane texture, subject memorisation",
+        help="score whole stacks instead (--samples OUT of sample --volumes, else --n drawn with --run's stack "
+        "prior; --run also draws --n stacks of independent slices as the baseline): adjacent-slice agreement, "
+        "tissue curves, through-plane texture, subject memorisation",
     )  # fmt: skip
     add_json_arg(p)
     p.set_defaults(handler=cmd_evaluate_samples)

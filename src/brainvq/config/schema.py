@@ -83,7 +83,8 @@ class SampleConfig:
     again the top maps that have no background around the head (:mod:`brainvq.sampling.background`).
     ``stacks`` above 0 (two-level runs): ``pipeline`` also trains the stack prior (``train-prior --level
     stack``, reading the previous slice's top map as ``top_prior.context_mode`` says) and draws this many
-    whole stacks into ``RUN/samples/stacks`` (:mod:`brainvq.sampling.stacks`)."""
+    whole stacks into ``RUN/samples/stacks`` (:mod:`brainvq.sampling.stacks`); ``stack_shared_noise``:
+    the slices of a stack share the Gumbel noise of their bottom-map draws (coupled, each still exact)."""
 
     n: int = 16
     batch_size: int = 16
@@ -95,6 +96,7 @@ class SampleConfig:
     sampler: str = "fast"
     seed: int = 0
     stacks: int = 0
+    stack_shared_noise: bool = True
 
 
 @dataclass

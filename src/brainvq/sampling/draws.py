@@ -25,13 +25,23 @@ def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.float().masked_fill(~keep, float("-inf"))
 
 
-def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator, top_p: float = 1.0) -> torch.Tensor:
+def draw(
+    logits: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator,
+    top_p: float = 1.0,
+    shared_noise: bool = False,
+) -> torch.Tensor:
     """Sample one code per row of ``logits`` (B, K) from softmax(logits / temperature) (Gumbel-max),
     restricted to the :func:`nucleus` of probability ``top_p`` when it is below 1.
 
-    Always draws (B, K) uniforms from ``generator`` so the random stream does not depend on values.
+    Always draws (B, K) uniforms from ``generator`` so the random stream does not depend on values;
+    with ``shared_noise``, one row of (1, K) uniforms serves every row: each row is still an exact
+    draw from its own distribution, but rows whose distributions agree draw the same code (a
+    Gumbel-max coupling; the slices of one stack, :mod:`brainvq.sampling.stacks`).
     """
-    uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float32)
+    rows = 1 if shared_noise else logits.shape[0]
+    uniform = torch.rand((rows, logits.shape[1]), generator=generator, dtype=torch.float32)
     uniform = uniform.clamp_(1e-20, 1.0 - 1e-7).to(logits.device)
     if temperature <= 0:
         return logits.argmax(1)

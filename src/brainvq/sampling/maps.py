@@ -31,19 +31,22 @@ def sample_codes(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    shared_noise: bool = False,
 ) -> torch.Tensor:
     """Ancestral sampling in raster order from an all-zero map; returns codes (N, h, w) int64.
 
     ``generator`` is a CPU ``torch.Generator`` or a seed. ``condition`` holds one slice index per
     sample when the prior is conditioned; ``context`` the top codes (N, h/t, w/t) for the bottom
     prior of a two-level run. Same prior, seed, temperature, batch size and device give the same
-    maps, with either sampler.
+    maps, with either sampler. ``shared_noise``: the maps of a batch share their Gumbel noise at each
+    position (:func:`brainvq.sampling.draws.draw`): each map is an exact draw, coupled to the others.
     """
     codes = torch.zeros(num_samples, *shape, dtype=torch.long)
     everywhere = torch.ones(num_samples, *shape, dtype=torch.bool)
     return resample_codes(
         prior, codes, everywhere, generator=generator, temperature=temperature, top_p=top_p,
         condition=condition, context=context, sampler=sampler, batch_size=batch_size, device=device, progress=progress,
+        shared_noise=shared_noise,
     )  # fmt: skip
 
 
@@ -62,6 +65,7 @@ def resample_codes(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    shared_noise: bool = False,
 ) -> torch.Tensor:
     """Ancestral sampling of the positions where ``resample`` (N, h, w) is True, in raster order,
     given every other code of ``codes`` (N, h, w); the rest are kept exactly. Returns new codes.
@@ -101,7 +105,7 @@ def resample_codes(
                 if not bool(redraw[:, i, j].any()):
                     continue
                 logits = cache.logits(i, j) if cache is not None else prior(batch, cond, top)[:, :, i, j]
-                drawn = draw(logits, temperature, generator, top_p)
+                drawn = draw(logits, temperature, generator, top_p, shared_noise)
                 batch[:, i, j] = torch.where(redraw[:, i, j], drawn, batch[:, i, j])
                 bar.update(int(redraw[:, i, j].sum()))
             if cache is not None:

@@ -5,7 +5,9 @@ The stack prior (``train-prior --level stack``; a transformer like the top prior
 previous slice's top map, :mod:`brainvq.models.transformer`) draws slice 0's top map with the context
 "no previous slice", then slice k's given slice k-1's, so the anatomy carries from slice to slice. The
 bottom maps are then drawn for all slices of a stack in one batch, each given its own slice's top map
-and index, exactly as for single slices, and decoded.
+and index, exactly as for single slices, and decoded. By default the slices of a stack share the
+Gumbel noise of their bottom-map draws (``sample.stack_shared_noise``): where neighbouring slices'
+code distributions agree they draw the same code, so fine texture carries across slices too.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class StackResult:
     bottom_seconds: float
     seed: int
     sampling: Sampling
+    shared_noise: bool  # the bottom maps of a stack's slices shared their Gumbel noise
 
 
 @torch.no_grad()
@@ -72,13 +75,18 @@ def sample_stacks(
     sampler: str = "fast",
     device: torch.device | str | None = None,
     progress: bool = False,
+    shared_noise: bool | None = None,
 ) -> StackResult:
     """Generate ``num_stacks`` stacks of the run's slice count with a loaded two-level run that has a
-    stack prior. The temperatures default to the run's ``sample`` settings, as for single slices."""
+    stack prior. The temperatures default to the run's ``sample`` settings, as for single slices, and
+    ``shared_noise`` to ``sample.stack_shared_noise``: the bottom maps of a stack's slices share their
+    Gumbel noise, so that neighbours whose code distributions agree draw the same codes (each slice
+    is still an exact draw of its own; only how the slices go together changes)."""
     stack_prior, prior = run.require_stack_prior(), run.require_prior()
     device = resolve_device(device) if device is not None else run.device
     stack_prior, prior, vqvae = stack_prior.to(device).eval(), prior.to(device).eval(), run.vqvae.to(device).eval()
     how = resolve_sampling(run.config.sample, 2, temperature, None, top_map_temperature, None, False)
+    shared = bool(run.config.sample.stack_shared_noise if shared_noise is None else shared_noise)
     num_slices = int(stack_prior.config.num_slices)
     generator = torch.Generator().manual_seed(seed)
     options: dict[str, Any] = dict(sampler=sampler, device=device, progress=progress)
@@ -91,7 +99,7 @@ def sample_stacks(
     condition = torch.arange(num_slices).repeat(num_stacks) if prior.config.condition_on_slice else None
     codes = sample_codes(prior, num_stacks * num_slices, run.code_shape, generator=generator, condition=condition,
                          context=flat_tops, temperature=how.temperature, top_p=how.top_p, batch_size=num_slices,
-                         **options)  # fmt: skip
+                         shared_noise=shared, **options)  # fmt: skip
     drawn = time.perf_counter()
     images = decode_in_batches(vqvae, codes, flat_tops, num_slices, device)[:, 0]  # (N*S, 1, H, W) -> (N*S, H, W)
     finished = time.perf_counter()
@@ -104,4 +112,5 @@ def sample_stacks(
         bottom_seconds=drawn - drawn_tops,
         seed=seed,
         sampling=how,
+        shared_noise=shared,
     )
