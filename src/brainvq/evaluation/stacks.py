@@ -82,16 +82,19 @@ def through_plane_differences(stacks: np.ndarray, seed: int = 0) -> np.ndarray:
     return values[::step]
 
 
-def tissue_curves(judge: Any, stacks: np.ndarray) -> np.ndarray:
-    """The judge's CSF/GM/WM fractions of every slice (N, S, 3)."""
-    from brainvq.evaluation.judge import judge_images, tissue_fractions
+def stack_labels(judge: Any, stacks: np.ndarray) -> np.ndarray:
+    """The judge's tissue label (0-3) of every pixel of every stack (N, S, H, W) uint8."""
+    from brainvq.evaluation.judge import judge_images
 
     flat = torch.from_numpy(stacks).float().reshape(-1, 1, *stacks.shape[2:])  # (N, S, H, W) -> (N*S, 1, H, W)
-    fractions = []
-    for start in range(0, len(flat), 32):
-        _, labels, _ = judge_images(judge.model, flat[start : start + 32], judge.autocast)
-        fractions.append(tissue_fractions(labels))
-    return torch.cat(fractions).reshape(*stacks.shape[:2], 3).numpy()  # (N*S, 3) -> (N, S, 3)
+    labels = [judge_images(judge.model, flat[i : i + 32], judge.autocast)[1] for i in range(0, len(flat), 32)]
+    return torch.cat(labels).to(torch.uint8).reshape(stacks.shape).numpy()  # (N*S, H, W) -> (N, S, H, W)
+
+
+def tissue_curves(judge: Any, stacks: np.ndarray) -> np.ndarray:
+    """The judge's CSF/GM/WM fractions of every slice (N, S, 3)."""
+    labels = stack_labels(judge, stacks)
+    return np.stack([(labels == tissue).mean(axis=(2, 3)) for tissue in (1, 2, 3)], axis=-1)  # (N, S, 3)
 
 
 def roughness(curves: np.ndarray) -> np.ndarray:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from brainvq.conform.geometry import PIXEL_MM, SLICE_MM, stack_volume
@@ -65,7 +64,10 @@ def draw_stacks(run_root: str | Path, count: int, out: Path, *, seed: int = 0, d
     result = sample_stacks(run, count, seed=seed, **options)
     mark_owned(out, "stacks")
     labels = None
-    if loaded_judge is not None:  # the labels of the images as written, 8-bit
+    if loaded_judge is not None:
+        from brainvq.evaluation.stacks import stack_labels
+
+        # the labels of the images as written, 8-bit
         labels = stack_labels(loaded_judge, to_uint8(result.images.numpy()).astype(np.float32) / 255)
     return write_stacks(result, out, labels=labels, record={
         "seed": seed, "sampling": result.sampling._asdict(), "shared_noise": result.shared_noise,
@@ -76,17 +78,6 @@ def draw_stacks(run_root: str | Path, count: int, out: Path, *, seed: int = 0, d
     })  # fmt: skip
 
 
-def stack_labels(judge: Any, stacks: np.ndarray) -> np.ndarray:
-    """The judge's tissue label (0-3) of every pixel of every stack (N, S, H, W) uint8."""
-    from brainvq.evaluation.judge import judge_images
-
-    flat = torch.from_numpy(stacks).float().reshape(-1, 1, *stacks.shape[2:])  # (N, S, H, W) -> (N*S, 1, H, W)
-    labels = [
-        judge_images(judge.model, flat[start : start + 32], judge.autocast)[1] for start in range(0, len(flat), 32)
-    ]
-    return torch.cat(labels).to(torch.uint8).reshape(stacks.shape).numpy()  # (N*S, H, W) -> (N, S, H, W)
-
-
 def write_stacks(
     result: StackResult, out: Path, record: dict[str, Any], labels: np.ndarray | None = None
 ) -> dict[str, Any]:
@@ -95,7 +86,7 @@ def write_stacks(
     stacks = to_uint8(result.images.numpy())  # (N, S, H, W)
     volumes = write_volumes(stacks, out, "", image_dir(out, SPLIT), image_name, levels=None)
     record = {**record, "stacks": len(stacks), "slices": int(stacks.shape[1]), "volumes": volumes,
-              "png_folder": str(out / f"keras_png_slices_{SPLIT}")}  # fmt: skip
+              "png_folder": str(image_dir(out, SPLIT))}  # fmt: skip
     if labels is not None:
         levels = np.array(MASK_LEVELS, dtype=np.uint8)
         record["label_volumes"] = write_volumes(labels, out, "_labels", mask_dir(out, SPLIT), mask_name, levels)
