@@ -104,20 +104,47 @@ def test_draw_follows_the_distribution() -> None:
 def test_shared_noise_couples_rows_and_leaves_each_an_exact_draw() -> None:
     logits = torch.randn(6, 40)
     logits[3] = logits[2]  # two rows with one distribution
-    coupled = draw(logits, 1.0, torch.Generator().manual_seed(3), shared_noise=True)
+    coupled = draw(logits, 1.0, torch.Generator().manual_seed(3), coupling="shared")
     for row in range(6):  # each row is the draw a batch of that row alone makes: exact, not biased
         alone = draw(logits[row : row + 1], 1.0, torch.Generator().manual_seed(3))
         assert int(coupled[row]) == int(alone[0])
     assert int(coupled[2]) == int(coupled[3])  # equal distributions, equal codes
     same = torch.zeros(8, 64)  # eight uniform rows: independent noise splits them, shared noise never
     assert len(draw(same, 1.0, torch.Generator().manual_seed(0)).unique()) > 1
-    assert len(draw(same, 1.0, torch.Generator().manual_seed(0), shared_noise=True).unique()) == 1
+    assert len(draw(same, 1.0, torch.Generator().manual_seed(0), coupling="shared").unique()) == 1
     marginal = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
-    counts = torch.stack([draw(marginal.repeat(2, 1), 1.0, torch.Generator().manual_seed(s), shared_noise=True)
+    counts = torch.stack([draw(marginal.repeat(2, 1), 1.0, torch.Generator().manual_seed(s), coupling="shared")
                           for s in range(4000)])  # fmt: skip
     assert torch.allclose(
         torch.bincount(counts[:, 1], minlength=3) / 4000.0, torch.tensor([0.7, 0.2, 0.1]), atol=0.03
     )
+
+
+def test_a_chain_coupling_keeps_every_row_exact_and_agrees_as_often_as_any_coupling_can() -> None:
+    """Row r of a chain keeps row r-1's code with probability min(1, p_r/p_{r-1}): each row's codes follow
+    its own distribution, neighbours agree with probability 1 - TV (the most any coupling allows, and
+    more than shared noise), rows with one distribution always agree, and a nucleus is respected."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6) * 1.5
+    logits[1] = logits[0] + 0.5 * torch.randn(6)  # close to row 0
+    logits[3] = logits[2]  # the same distribution as row 2
+    probs = torch.softmax(logits, 1)
+    generator, shared_generator = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    chained = torch.stack([draw(logits, 1.0, generator, coupling="chain") for _ in range(20000)])
+    shared = torch.stack([draw(logits, 1.0, shared_generator, coupling="shared") for _ in range(20000)])
+    for row in range(4):
+        frequencies = torch.bincount(chained[:, row], minlength=6).float() / 20000
+        assert torch.allclose(frequencies, probs[row], atol=0.012)
+    for row in (1, 2):
+        most = 1 - 0.5 * float((probs[row] - probs[row - 1]).abs().sum())
+        agree = float((chained[:, row] == chained[:, row - 1]).float().mean())
+        assert abs(agree - most) < 0.012 and agree > float((shared[:, row] == shared[:, row - 1]).float().mean())
+    assert torch.equal(chained[:, 3], chained[:, 2])
+    nucleus_draws = torch.stack([draw(logits, 1.0, generator, 0.5, "chain") for _ in range(500)])
+    for row in range(4):
+        assert torch.isfinite(nucleus(logits[row : row + 1], 0.5))[0, nucleus_draws[:, row]].all()
+    with pytest.raises(ValueError, match="coupling"):
+        draw(logits, 1.0, generator, coupling="tied")
 
 
 def test_slice_conditions() -> None:
@@ -257,12 +284,15 @@ def test_conditioned_bottom_fast_sampler_equals_naive(arch: str) -> None:
     nucleus_fast = sample_codes(prior, 3, (16, 16), sampler="fast", top_p=0.7, **kwargs)
     assert torch.equal(nucleus_fast, sample_codes(prior, 3, (16, 16), sampler="naive", top_p=0.7, **kwargs))
     assert not torch.equal(nucleus_fast, fast)
-    shared = sample_codes(prior, 3, (16, 16), sampler="fast", shared_noise=True, **kwargs)
-    assert torch.equal(shared, sample_codes(prior, 3, (16, 16), sampler="naive", shared_noise=True, **kwargs))
+    shared = sample_codes(prior, 3, (16, 16), sampler="fast", coupling="shared", **kwargs)
+    assert torch.equal(shared, sample_codes(prior, 3, (16, 16), sampler="naive", coupling="shared", **kwargs))
     alike = {"generator": 5, "condition": torch.tensor([9, 9]), "context": top[:1].repeat(2, 1, 1)}
-    twins = sample_codes(prior, 2, (16, 16), shared_noise=True, batch_size=2, **alike)
+    twins = sample_codes(prior, 2, (16, 16), coupling="shared", batch_size=2, **alike)
     assert torch.equal(twins[0], twins[1])  # the same distribution everywhere: the same map
     assert not torch.equal(*sample_codes(prior, 2, (16, 16), batch_size=2, **alike))
+    chained = sample_codes(prior, 3, (16, 16), sampler="fast", coupling="chain", **kwargs)
+    assert torch.equal(chained, sample_codes(prior, 3, (16, 16), sampler="naive", coupling="chain", **kwargs))
+    assert torch.equal(*sample_codes(prior, 2, (16, 16), coupling="chain", batch_size=2, **alike))
 
 
 def test_transformer_cached_sampler_equals_uncached() -> None:
@@ -284,6 +314,32 @@ def test_transformer_cached_sampler_equals_uncached() -> None:
     fast = resample_codes(prior, cached, keep, generator=4, condition=kwargs["condition"], sampler="fast")
     naive = resample_codes(prior, cached, keep, generator=4, condition=kwargs["condition"], sampler="naive")
     assert torch.equal(fast, naive) and torch.equal(fast[:, :3], cached[:, :3])
+
+
+def test_a_guided_draw_is_the_product_of_the_two_priors_and_the_fast_sampler_draws_it_exactly() -> None:
+    """``Guide``: codes drawn from p * q^weight, renormalised; fast == naive with a context-reading prior
+    guided by a context-free one (the stack prior and the top prior); weight 0 is no guide."""
+    from brainvq.sampling.maps import Guide
+
+    torch.manual_seed(3)
+    base = {"arch": "transformer", "hidden_channels": 32, "num_layers": 2, "num_heads": 4, "code_height": 8,
+            "code_width": 8, "condition_on_slice": True}  # fmt: skip
+    guide_prior = build_prior(PriorConfig(**base), num_embeddings=12).eval()
+    stack_prior = build_prior(PriorConfig(**base, context_num_embeddings=13), num_embeddings=12).eval()
+    product = Guide(guide_prior, 1.0).combine(
+        torch.log(torch.tensor([[0.5, 0.5]])), torch.log(torch.tensor([[0.9, 0.1]]))
+    )
+    assert torch.allclose(product.softmax(1), torch.tensor([[0.9, 0.1]]))
+    squared = Guide(guide_prior, 2.0).combine(torch.zeros(1, 2), torch.log(torch.tensor([[0.75, 0.25]])))
+    assert torch.allclose(squared.softmax(1), torch.tensor([[0.9, 0.1]]))  # 0.75^2 : 0.25^2
+    kwargs = {"generator": 11, "condition": torch.tensor([0, 12, 31]), "batch_size": 2,
+              "context": torch.randint(0, 13, (3, 8, 8))}  # fmt: skip
+    guided = sample_codes(stack_prior, 3, (8, 8), sampler="fast", guide=Guide(guide_prior, 0.7), **kwargs)
+    assert torch.equal(guided, sample_codes(stack_prior, 3, (8, 8), sampler="naive", guide=Guide(guide_prior, 0.7),
+                                            **kwargs))  # fmt: skip
+    plain = sample_codes(stack_prior, 3, (8, 8), **kwargs)
+    assert not torch.equal(guided, plain)
+    assert torch.equal(plain, sample_codes(stack_prior, 3, (8, 8), guide=Guide(guide_prior, 0.0), **kwargs))
 
 
 def test_resolve_sampling_gives_the_top_map_its_own_settings_or_the_bottoms() -> None:

@@ -63,7 +63,10 @@ def test_sample_volumes_writes_stacks_a_viewer_and_brainvq_read_back(stack_run: 
     assert drawn.returncode == 0, drawn.stderr[-2000:]
     record = json.loads(drawn.stdout)
     assert record["stacks"] == 2 and record["slices"] == 32 and (out / "stacks.png").stat().st_size > 5000
-    assert record["shared_noise"] is True  # sample.stack_shared_noise, the default
+    defaults = brainvq.Config().sample
+    assert record["coupling"] == defaults.stack_coupling
+    assert record["sampling"]["top_map_temperature"] == defaults.stack_top_map_temperature  # the stack prior's own
+    assert record["sampling"]["background_check"] is True and record["guidance"] == defaults.stack_guidance
     for subject in (1, 2):
         image = nib.load(str(out / f"stack_{subject:03d}.nii.gz"))
         volume = np.asanyarray(image.dataobj)
@@ -120,15 +123,25 @@ def test_sample_volumes_labels_each_stack_as_the_judge_segments_its_slices(
                    "--out", str(tmp_path / "y"))  # fmt: skip
     assert no_judge.returncode != 0 and "nothing" in no_judge.stderr and "Traceback" not in no_judge.stderr
     assert not (tmp_path / "y").exists()
+    unguided = cli("sample", "--run", str(stack_run), "--volumes", "1", "--seed", "3", "--guidance", "0",
+                   "--out", str(tmp_path / "unguided"), "--json")  # fmt: skip
+    assert unguided.returncode == 0 and json.loads(unguided.stdout)["guidance"] == 0
+    first = nib.load(str(out / "stack_001.nii.gz")).get_fdata()  # seed 3, guided by default
+    assert not np.array_equal(first, nib.load(str(tmp_path / "unguided" / "stack_001.nii.gz")).get_fdata())
+    for bad in (["--guidance", "1"], ["--volumes", "1", "--guidance", "-1"]):
+        refused = cli("sample", "--run", str(stack_run), *bad, "--out", str(tmp_path / "z"))
+        assert refused.returncode != 0 and "--guidance" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "z").exists()
 
 
 def test_the_fast_stack_sampler_draws_what_the_naive_one_draws(stack_run: Path) -> None:
     """The stack prior's top maps, slice after slice (the bottom maps are drawn by ``sample_codes``,
     whose fast sampler is checked against the naive one in tests/sampling)."""
+    from brainvq.sampling.maps import Guide
     from brainvq.sampling.stacks import draw_stack_top_maps
 
     run = brainvq.load_run(stack_run, "cpu")
-    prior = run.require_stack_prior()
+    prior, guide = run.require_stack_prior(), Guide(run.require_top_prior(), 1.0)  # the default guidance
     drawn = {
         sampler: draw_stack_top_maps(
             prior,
@@ -138,10 +151,46 @@ def test_the_fast_stack_sampler_draws_what_the_naive_one_draws(stack_run: Path) 
             generator=torch.Generator().manual_seed(1),
             sampler=sampler,
             temperature=1.0,
+            guide=guide,
         )
         for sampler in ("fast", "naive")
     }
-    assert drawn["fast"].shape == (2, 5, 8, 8) and torch.equal(drawn["fast"], drawn["naive"])
+    assert drawn["fast"].codes.shape == (2, 5, 8, 8) and torch.equal(drawn["fast"].codes, drawn["naive"].codes)
+
+
+def test_a_slice_top_map_with_no_background_is_drawn_again_given_the_same_previous_map(stack_run: Path) -> None:
+    """The background check inside a stack: flagged maps are redrawn before the next slice follows them,
+    redrawn given their own previous map, and stacks with nothing flagged are the unchecked draw's."""
+    from brainvq.sampling.background import Background, ring_agreement, ring_mask
+    from brainvq.sampling.maps import redraw_generator
+    from brainvq.sampling.stacks import draw_stack_top_maps
+
+    run = brainvq.load_run(stack_run, "cpu")
+    prior = run.require_stack_prior()
+    shape, options = run.top_code_shape, {"temperature": 1.0, "batch_size": 6}
+    plain = draw_stack_top_maps(prior, 6, 4, shape, generator=torch.Generator().manual_seed(3), **options).codes
+    flat = plain.reshape(-1, *shape)  # (N, S, h, w) -> (N*S, h, w)
+    ring = ring_mask(shape, 1)
+    mode = flat.mode(0).values  # (N*S, h, w) -> (h, w)
+    share = ring_agreement(flat, mode, ring)
+    background = Background(mode, ring, share, limit=float(share.median()))  # flags about half of the maps
+    flagged = background.flagged(flat).reshape(6, 4)  # (N*S,) -> (N, S)
+    assert int(flagged.sum()) > 0 and not flagged.all(dim=1).all()
+    checked = draw_stack_top_maps(prior, 6, 4, shape, generator=torch.Generator().manual_seed(3),
+                                  background=background, **options)  # fmt: skip
+    assert checked.redrawn >= int(flagged[:, 0].sum()) and checked.codes.shape == plain.shape
+    resolved = ~background.flagged(checked.codes.reshape(-1, *shape)).reshape(6, 4)  # (N*S,) -> (N, S)
+    assert int((~resolved).sum()) == checked.unresolved
+    untouched = ~flagged.any(dim=1)  # stacks the check never redrew: exactly the unchecked draw
+    assert torch.equal(checked.codes[untouched], plain[untouched])
+    # slice 0's redraws: the first round is a draw given "no previous slice", from the redraw stream
+    first = torch.nonzero(flagged[:, 0]).flatten()
+    none = torch.full((len(first), *shape), int(prior.config.context_num_embeddings) - 1)
+    expected = brainvq.sampling.sample_codes(prior, len(first), shape, condition=torch.zeros(len(first)).long() if prior.config.condition_on_slice else None,
+                                             context=none, generator=redraw_generator(torch.Generator().manual_seed(3)),
+                                             **options)  # fmt: skip
+    passed = ~background.flagged(expected)
+    assert torch.equal(checked.codes[first[passed], 0], expected[passed])
 
 
 def test_the_pipeline_trains_the_stack_prior_and_draws_stacks_when_asked(

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainvq.config import Config, apply_overrides
+from brainvq.config import Config, apply_overrides, config_from_dict
 from brainvq.data.dataset import load_split
+from brainvq.errors import ConfigError
 from brainvq.training.tasks import VQVAETask, reconstruction_loss
 
 
@@ -44,3 +45,18 @@ def test_dropped_images_get_the_configured_weight(phantom_root: Path, tiny_confi
         task.image_weights(torch.tensor([True, False, True])), torch.tensor([1.0, 0.1, 1.0])
     )
     assert task.image_weights(None) is None  # a one-level model drops nothing
+
+
+def test_context_corruption_moves_codes_within_each_map_and_leaves_empty_context_alone() -> None:
+    from brainvq.training.tasks import corrupt_context
+
+    torch.manual_seed(0)
+    context = torch.stack([torch.arange(256).view(16, 16), torch.full((16, 16), 512)])  # a map, "no previous"
+    corrupted = corrupt_context(context, 0.25)
+    changed = (corrupted[0] != context[0]).float().mean()
+    assert 0.15 < float(changed) < 0.3  # about a quarter (a few positions draw their own code back)
+    assert set(corrupted[0].flatten().tolist()) <= set(range(256))  # codes of the same map only
+    assert torch.equal(corrupted[1], context[1])  # a "no previous slice" map stays one
+    assert torch.equal(corrupt_context(context, 0.0), context)
+    with pytest.raises(ConfigError, match="context_corruption"):
+        config_from_dict({"top_prior_train": {"context_corruption": 1.0}})

@@ -49,8 +49,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.volumes is not None:
         return _sample_volumes(args)
-    if args.labels is not None:
-        raise BrainVQError("--labels labels whole stacks: give it with --volumes N")
+    if args.labels is not None or args.guidance is not None:
+        flag = "--labels" if args.labels is not None else "--guidance"
+        raise BrainVQError(f"{flag} is for whole stacks: give it with --volumes N")
     result = sample_run(
         args.run,
         args.n,
@@ -86,11 +87,15 @@ def _sample_volumes(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else args.run / "samples" / "stacks"
     record = draw_stacks(args.run, args.volumes, out, seed=args.seed, device=args.device,
                          temperature=args.temperature, top_map_temperature=args.top_map_temperature,
-                         sampler=args.sampler, judge=args.labels, progress=not args.json)  # fmt: skip
+                         background_check=args.background_check, guidance=args.guidance, sampler=args.sampler,
+                         judge=args.labels,
+                         progress=not args.json)  # fmt: skip
     if args.json:
         print(json.dumps(record, indent=2))
     else:
         print(f"{record['stacks']} stacks of {record['slices']} slices in {record['seconds']:.1f} s -> {out}")
+        if record["redrawn_top_maps"]:
+            print(f"{record['redrawn_top_maps']} slices' top maps with no background drawn again")
     return 0
 
 
@@ -183,6 +188,11 @@ def add_commands(sub: Commands) -> None:
     p.add_argument(
         "--labels", type=Path, metavar="JUDGE",
         help="with --volumes: also write each stack's tissue labels by this judge (brainvq train-judge)",
+    )  # fmt: skip
+    p.add_argument(
+        "--guidance", type=float,
+        help="with --volumes: the independent top prior's weight in the stack's top maps (default: the run's "
+        "sample.stack_guidance; 0: the stack prior alone)",
     )  # fmt: skip
     add_device_arg(p)
     add_json_arg(p)

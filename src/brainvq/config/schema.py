@@ -36,7 +36,9 @@ class TrainConfig:
     1992; as in most image generators since): validation, ``best`` and every later stage use the
     averaged weights, and a resume continues both; the first 1 / (1 - decay) steps are averaged
     evenly, so a short run is not held at its first weights. Not for the VQ-VAE, whose codebook is itself
-    an EMA of the encoder's outputs.
+    an EMA of the encoder's outputs. ``context_corruption`` (priors with a context: the bottom prior's top
+    map, the stack prior's previous slice): during training, this share of the context's codes is replaced
+    by codes from random positions of the same map, so the prior learns not to copy its context blindly.
     """
 
     batch_size: int = 16
@@ -55,6 +57,7 @@ class TrainConfig:
     val_batch_size: int = 64
     grad_clip: float | None = None
     weight_ema_decay: float = 0.0
+    context_corruption: float = 0.0
     seed: int = 0
 
 
@@ -83,8 +86,12 @@ class SampleConfig:
     again the top maps that have no background around the head (:mod:`brainvq.sampling.background`).
     ``stacks`` above 0 (two-level runs): ``pipeline`` also trains the stack prior (``train-prior --level
     stack``, reading the previous slice's top map as ``top_prior.context_mode`` says) and draws this many
-    whole stacks into ``RUN/samples/stacks`` (:mod:`brainvq.sampling.stacks`); ``stack_shared_noise``:
-    the slices of a stack share the Gumbel noise of their bottom-map draws (coupled, each still exact)."""
+    whole stacks into ``RUN/samples/stacks`` (:mod:`brainvq.sampling.stacks`); ``stack_coupling``: how the
+    bottom-map draws of a stack's slices go together (``none``, ``shared`` Gumbel noise, or ``chain``: each
+    slice maximally coupled to the one before; each slice still an exact draw).
+    ``stack_top_map_temperature``: the stack prior's temperature (None: ``top_map_temperature``'s);
+    ``stack_guidance`` above 0: the stack prior's top maps are drawn from it times the independent top
+    prior to this power, which pulls each slice toward what its index looks like."""
 
     n: int = 16
     batch_size: int = 16
@@ -96,7 +103,9 @@ class SampleConfig:
     sampler: str = "fast"
     seed: int = 0
     stacks: int = 0
-    stack_shared_noise: bool = True
+    stack_coupling: str = "shared"
+    stack_top_map_temperature: float | None = 1.0
+    stack_guidance: float = 1.0
 
 
 @dataclass
@@ -130,7 +139,9 @@ class Config:
         )
     )
     top_prior_train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(batch_size=8, lr=5e-4, warmup_steps=50, weight_ema_decay=0.995)
+        default_factory=lambda: TrainConfig(
+            batch_size=8, lr=5e-4, warmup_steps=50, weight_ema_decay=0.995, context_corruption=0.25
+        )
     )  # the average of the weights: samples' tissue error 0.0043 against 0.0053 (README, "Two levels")
     fabric: FabricConfig = field(default_factory=FabricConfig)
     sample: SampleConfig = field(
@@ -158,6 +169,7 @@ class Config:
             "model.levels": (self.model.levels, (1, 2)),
             "model.top_downsample": (self.model.top_downsample, (2, 4)),
             "sample.sampler": (self.sample.sampler, ("fast", "naive")),
+            "sample.stack_coupling": (self.sample.stack_coupling, ("none", "shared", "chain")),
             "top_prior.context_mode": (self.top_prior.context_mode, ("aligned", "prefix")),
             "fabric.accelerator": (self.fabric.accelerator, ACCELERATORS),
             "fabric.precision": (self.fabric.precision, PRECISIONS),
@@ -191,9 +203,18 @@ class Config:
             for name in ("epochs", "max_steps", "max_minutes"):
                 if getattr(stage, name) is not None:
                     positive[f"{section}.{name}"] = getattr(stage, name)
+        if self.sample.stack_guidance < 0:
+            raise ConfigError(
+                f"config key 'sample.stack_guidance': must be 0 or more, got {self.sample.stack_guidance}"
+            )
         if self.sample.stacks < 0:
             raise ConfigError(f"config key 'sample.stacks': must be 0 or more, got {self.sample.stacks}")
         for section in ("prior_train", "top_prior_train", "judge_train"):
+            corruption = getattr(self, section).context_corruption
+            if not 0 <= corruption < 1:
+                raise ConfigError(
+                    f"config key '{section}.context_corruption': must be in [0, 1), got {corruption}"
+                )
             decay = getattr(self, section).weight_ema_decay
             if not 0.0 <= decay < 1.0:
                 raise ConfigError(f"config key '{section}.weight_ema_decay': must be in [0, 1), got {decay}")
@@ -224,7 +245,7 @@ class Config:
                 )
             if not 0 <= prior.dropout < 1:
                 raise ConfigError(f"config key '{section}.dropout': must be in [0, 1), got {prior.dropout}")
-        for name in ("temperature", "top_p", "top_map_temperature", "top_map_top_p"):
+        for name in ("temperature", "top_p", "top_map_temperature", "top_map_top_p", "stack_top_map_temperature"):
             problem = sampling_problem(name, getattr(self.sample, name))
             if problem:
                 raise ConfigError(f"config key 'sample.{name}': {problem}")

@@ -228,7 +228,10 @@ class PriorTask(Task):
         return batch["slice"] if self.prior_config.condition_on_slice else None  # checked in __init__
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        logits = model(batch["codes"], self._condition(batch), batch.get("context"))
+        context = batch.get("context")
+        if context is not None and self.train_config.context_corruption > 0:
+            context = corrupt_context(context, self.train_config.context_corruption)
+        logits = model(batch["codes"], self._condition(batch), context)
         loss = F.cross_entropy(logits.float(), batch["codes"])
         return StepOutput(loss, {"loss": loss.item(), "bits_per_code": loss.item() / math.log(2)})
 
@@ -248,6 +251,16 @@ class PriorTask(Task):
 
     def validation_metrics(self, statistics: dict[str, torch.Tensor]) -> dict[str, float]:
         return {f"val_{k}": v for k, v in PriorMeter.from_statistics(statistics).items()}
+
+
+def corrupt_context(context: torch.Tensor, share: float) -> torch.Tensor:
+    """``context`` (B, h, w) with about ``share`` of each map's codes replaced by the codes at random
+    positions of the same map (a "no previous slice" map stays one); the training-time noise of
+    ``context_corruption``, from torch's global generator like dropout."""
+    flat = context.flatten(1)  # (B, h, w) -> (B, h*w)
+    positions = torch.randint(0, flat.shape[1], flat.shape, device=flat.device)
+    replaced = torch.rand(flat.shape, device=flat.device) < share
+    return torch.where(replaced, flat.gather(1, positions), flat).view_as(context)  # (B, h*w) -> (B, h, w)
 
 
 PRIOR_STAGES = {
