@@ -88,8 +88,7 @@ def _sample_volumes(args: argparse.Namespace) -> int:
     record = draw_stacks(args.run, args.volumes, out, seed=args.seed, device=args.device,
                          temperature=args.temperature, top_map_temperature=args.top_map_temperature,
                          background_check=args.background_check, guidance=args.guidance, sampler=args.sampler,
-                         judge=args.labels,
-                         progress=not args.json)  # fmt: skip
+                         judge=args.labels, progress=not args.json)  # fmt: skip
     if args.json:
         print(json.dumps(record, indent=2))
     else:

@@ -106,7 +106,9 @@ def resample_codes(
         )
         cache = fast_sampler(prior, batch, cond, top) if sampler == "fast" else None
         guide_cond = cond if guide is not None and guide.prior.config.condition_on_slice else None
-        guide_cache = fast_sampler(guide.prior, batch, guide_cond, None) if guide and cache is not None else None
+        guide_cache = (
+            fast_sampler(guide.prior, batch, guide_cond, None) if guide is not None and cache is not None else None
+        )
         for i in range(height):
             for j in range(width):
                 if not bool(redraw[:, i, j].any()):
