@@ -1,10 +1,13 @@
 """Seconds to draw one 32-slice stack with a run's stack prior, on this machine.
 
-    python benchmarks/stack_speed.py --run runs/oasis [--stacks 1] [--rounds 2]
+    python benchmarks/stack_speed.py --run runs/oasis [--stacks 1] [--rounds 2] [--candidates M] [--guidance W]
+        [--rivals -4 -2 2 4] [--first-map top|stack]
 
 Draws ``--stacks`` stacks (the top maps slice after slice with the stack prior's key/value cache, then
 all bottom maps of a stack in one batch, then the decoder) ``--rounds`` times after a warm-up, and prints
-the fastest round's seconds per stack, split into top maps, bottom maps and decoding.
+the fastest round's seconds per stack, split into top maps, bottom maps and decoding. ``--candidates``,
+``--guidance``, ``--rivals`` and ``--first-map`` time other settings than the run's ``sample.stack_*``:
+compare them in one session, as ratios.
 """
 
 from __future__ import annotations
@@ -22,12 +25,22 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--stacks", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--candidates", type=int)
+    parser.add_argument("--guidance", type=float)
+    parser.add_argument("--rivals", type=int, nargs="*")
+    parser.add_argument("--first-map", choices=("top", "stack"))
     args = parser.parse_args()
     run = brainvq.load_run(args.run)
-    results = [sample_stacks(run, args.stacks, seed=round_) for round_ in range(args.rounds + 1)][1:]
+    settings = dict(
+        candidates=args.candidates, guidance=args.guidance, rivals=args.rivals, first_map=args.first_map
+    )
+    results = [sample_stacks(run, args.stacks, seed=round_, **settings) for round_ in range(args.rounds + 1)][1:]
     best = min(results, key=lambda r: r.seconds)
     decoding = best.seconds - best.top_seconds - best.bottom_seconds
-    print(f"torch threads {torch.get_num_threads()}; {args.stacks} stack(s) of {best.images.shape[1]} slices")
+    print(
+        f"torch threads {torch.get_num_threads()}; {args.stacks} stack(s) of {best.images.shape[1]} slices; "
+        f"best of {best.candidates}, guidance {best.guidance:g}, slice 0 from the {best.first_map} prior"
+    )
     print(
         f"per stack: {best.seconds / args.stacks:.1f} s (top maps {best.top_seconds / args.stacks:.1f} s, "
         f"bottom maps {best.bottom_seconds / args.stacks:.1f} s, decoding {decoding / args.stacks:.1f} s)"

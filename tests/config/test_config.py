@@ -166,6 +166,13 @@ def test_presets_ship_with_the_package_and_ignore_the_working_directory(
         ("fabric.accelerator=tpu", "config key 'fabric.accelerator'"),
         ("sample.top_map_top_p=1.5", "config key 'sample.top_map_top_p': must be in (0, 1]"),
         ("sample.top_map_temperature=-1", "config key 'sample.top_map_temperature': must be >= 0"),
+        ("sample.stack_candidates=0", "config key 'sample.stack_candidates': must be 1 or more, got 0"),
+        ("sample.stack_rivals=3", "config key 'sample.stack_rivals': expected a list, got 3"),
+        ("sample.stack_rivals=[-2, x]", "config key 'sample.stack_rivals': expected int, got 'x'"),
+        (
+            "sample.stack_first_map=middle",
+            "config key 'sample.stack_first_map': 'middle' is not one of top, stack",
+        ),
     ],
 )
 def test_bad_values_are_one_line_errors_when_the_config_is_built(

@@ -5,6 +5,7 @@ stack stages, and ``evaluate-samples --volumes`` on drawn and written stacks."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def test_sample_volumes_writes_stacks_a_viewer_and_brainvq_read_back(stack_run: 
     assert record["coupling"] == defaults.stack_coupling
     assert record["sampling"]["top_map_temperature"] == defaults.stack_top_map_temperature  # the stack prior's own
     assert record["sampling"]["background_check"] is True and record["guidance"] == defaults.stack_guidance
+    assert (record["candidates"], record["rivals"], record["first_map"]) == (
+        defaults.stack_candidates, defaults.stack_rivals, defaults.stack_first_map)  # fmt: skip
     for subject in (1, 2):
         image = nib.load(str(out / f"stack_{subject:03d}.nii.gz"))
         volume = np.asanyarray(image.dataobj)
@@ -123,25 +126,33 @@ def test_sample_volumes_labels_each_stack_as_the_judge_segments_its_slices(
                    "--out", str(tmp_path / "y"))  # fmt: skip
     assert no_judge.returncode != 0 and "nothing" in no_judge.stderr and "Traceback" not in no_judge.stderr
     assert not (tmp_path / "y").exists()
-    unguided = cli("sample", "--run", str(stack_run), "--volumes", "1", "--seed", "3", "--guidance", "0",
-                   "--out", str(tmp_path / "unguided"), "--json")  # fmt: skip
-    assert unguided.returncode == 0 and json.loads(unguided.stdout)["guidance"] == 0
-    first = nib.load(str(out / "stack_001.nii.gz")).get_fdata()  # seed 3, guided by default
-    assert not np.array_equal(first, nib.load(str(tmp_path / "unguided" / "stack_001.nii.gz")).get_fdata())
-    for bad in (["--guidance", "1"], ["--volumes", "1", "--guidance", "-1"]):
+    one = ["sample", "--run", str(stack_run), "--volumes", "1", "--seed", "3", "--json"]
+    plain = cli(*one, "--out", str(tmp_path / "plain"))  # the defaults: best of sample.stack_candidates, no guide
+    guided = cli(*one, "--guidance", "1", "--candidates", "1", "--out", str(tmp_path / "guided"))
+    assert plain.returncode == 0 and guided.returncode == 0, guided.stderr[-2000:]
+    defaults = brainvq.Config().sample
+    assert json.loads(plain.stdout)["candidates"] == defaults.stack_candidates
+    assert json.loads(guided.stdout)["guidance"] == 1 and json.loads(guided.stdout)["candidates"] == 1
+    volume = nib.load(str(tmp_path / "plain" / "stack_001.nii.gz")).get_fdata()
+    assert not np.array_equal(volume, nib.load(str(tmp_path / "guided" / "stack_001.nii.gz")).get_fdata())
+    refusals = [(["--guidance", "1"], "--guidance"), (["--candidates", "2"], "--candidates"),
+                (["--volumes", "1", "--guidance", "-1"], "--guidance"), (["--volumes", "1", "--candidates", "0"], "--candidates")]  # fmt: skip
+    for bad, flag in refusals:
         refused = cli("sample", "--run", str(stack_run), *bad, "--out", str(tmp_path / "z"))
-        assert refused.returncode != 0 and "--guidance" in refused.stderr and "Traceback" not in refused.stderr
+        assert refused.returncode != 0 and flag in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "z").exists()
 
 
 def test_the_fast_stack_sampler_draws_what_the_naive_one_draws(stack_run: Path) -> None:
-    """The stack prior's top maps, slice after slice (the bottom maps are drawn by ``sample_codes``,
-    whose fast sampler is checked against the naive one in tests/sampling)."""
+    """The stack prior's top maps, slice after slice, from a given first map, guided and the best of three
+    candidates (the bottom maps are drawn by ``sample_codes``, whose fast sampler is checked against the
+    naive one in tests/sampling)."""
     from brainvq.sampling.maps import Guide
-    from brainvq.sampling.stacks import draw_stack_top_maps
+    from brainvq.sampling.stacks import Selection, draw_stack_top_maps
 
     run = brainvq.load_run(stack_run, "cpu")
-    prior, guide = run.require_stack_prior(), Guide(run.require_top_prior(), 1.0)  # the default guidance
+    prior, top = run.require_stack_prior(), run.require_top_prior()
+    first = brainvq.sampling.sample_codes(top, 2, run.top_code_shape, condition=torch.zeros(2).long(), generator=9)
     drawn = {
         sampler: draw_stack_top_maps(
             prior,
@@ -151,11 +162,70 @@ def test_the_fast_stack_sampler_draws_what_the_naive_one_draws(stack_run: Path) 
             generator=torch.Generator().manual_seed(1),
             sampler=sampler,
             temperature=1.0,
-            guide=guide,
+            guide=Guide(top, 1.0),
+            first=first,
+            selection=Selection(top, 3),
         )
         for sampler in ("fast", "naive")
     }
     assert drawn["fast"].codes.shape == (2, 5, 8, 8) and torch.equal(drawn["fast"].codes, drawn["naive"].codes)
+    assert torch.equal(drawn["fast"].codes[:, 0], first)
+
+
+def test_each_slice_keeps_the_candidate_the_top_prior_finds_likeliest(stack_run: Path) -> None:
+    """Selection: candidates drawn given their own stack's previous map; the kept one has the lowest
+    NLL under the independent top prior at the slice index (measured by the anomaly maps' own pass)."""
+    from brainvq.anomaly.likelihood import top_nll_bits
+    from brainvq.sampling.stacks import Selection, draw_stack_top_maps
+
+    run = brainvq.load_run(stack_run, "cpu")
+    prior, top, shape = run.require_stack_prior(), run.require_top_prior(), run.top_code_shape
+    candidates = brainvq.sampling.sample_codes(top, 6, shape, condition=torch.full((6,), 7), generator=2,
+                                               temperature=1.5)  # fmt: skip
+    picked = Selection(top, 3).pick(candidates, 7)
+    bits = top_nll_bits(run, candidates, torch.full((6,), 7)).mean((1, 2)).view(2, 3)  # (6, h, w) -> (2 stacks, 3)
+    assert len(set(bits.flatten().tolist())) == 6  # distinct candidates, so the choice is a real one
+    for stack in range(2):
+        assert torch.equal(picked[stack], candidates[3 * stack + int(bits[stack].argmin())])
+    # with rivals: the candidate whose own index is likeliest against indices 5 and 9
+    nats = {k: -top_nll_bits(run, candidates, torch.full((6,), k)).sum((1, 2)) * math.log(2) for k in (5, 7, 9)}
+    others = torch.logsumexp(torch.stack([nats[5], nats[7], nats[9]]), 0)
+    posterior = (nats[7] - others).view(2, 3)  # (6,) -> (2 stacks, 3 candidates)
+    by_index = Selection(top, 3, rivals=(-2, 2)).pick(candidates, 7)
+    for stack in range(2):
+        assert torch.equal(by_index[stack], candidates[3 * stack + int(posterior[stack].argmax())])
+    # inside a stack: slice 1's candidates are drawn given that stack's slice 0, side by side
+    first = candidates[[0, 3]]
+    chained = draw_stack_top_maps(prior, 2, 2, shape, generator=torch.Generator().manual_seed(4), temperature=1.0,
+                                  first=first, selection=Selection(top, 3)).codes  # fmt: skip
+    expected = brainvq.sampling.sample_codes(prior, 6, shape, generator=torch.Generator().manual_seed(4),
+                                             condition=torch.ones(6).long() if prior.config.condition_on_slice else None,
+                                             context=first.repeat_interleave(3, 0), batch_size=6)  # fmt: skip
+    assert torch.equal(chained[:, 1], Selection(top, 3).pick(expected, 1))
+
+
+def test_slice_0_of_a_stack_is_drawn_as_a_single_slice_top_map(stack_run: Path) -> None:
+    from brainvq.sampling.background import run_background
+    from brainvq.sampling.maps import draw_top_maps
+    from brainvq.sampling.settings import resolve_sampling
+    from brainvq.sampling.stacks import sample_stacks
+
+    run = brainvq.load_run(stack_run, "cpu")
+    run.config.sample.top_map_temperature = 1.3  # single slices' top maps: another temperature than the stack's
+    stacks = sample_stacks(run, 2, seed=5, first_map="top", candidates=2)
+    single = resolve_sampling(run.config.sample, 2)
+    assert stacks.first_map == "top" and stacks.candidates == 2
+    assert (
+        stacks.sampling.top_map_temperature
+        == run.config.sample.stack_top_map_temperature
+        != single.top_map_temperature
+    )
+    expected = draw_top_maps(run.require_top_prior(), 2, run.top_code_shape, run_background(run),
+                             generator=torch.Generator().manual_seed(5), condition=torch.zeros(2).long(),
+                             temperature=single.top_map_temperature, top_p=single.top_map_top_p)  # fmt: skip
+    assert torch.equal(stacks.top_codes[:, 0], expected.codes)
+    from_stack = sample_stacks(run, 2, seed=5, first_map="stack", candidates=2)
+    assert not torch.equal(from_stack.top_codes[:, 0], expected.codes)
 
 
 def test_a_slice_top_map_with_no_background_is_drawn_again_given_the_same_previous_map(stack_run: Path) -> None:

@@ -49,9 +49,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.volumes is not None:
         return _sample_volumes(args)
-    if args.labels is not None or args.guidance is not None:
-        flag = "--labels" if args.labels is not None else "--guidance"
-        raise BrainVQError(f"{flag} is for whole stacks: give it with --volumes N")
+    stack_flags = {"--labels": args.labels, "--guidance": args.guidance, "--candidates": args.candidates}
+    for flag, value in stack_flags.items():
+        if value is not None:
+            raise BrainVQError(f"{flag} is for whole stacks: give it with --volumes N")
     result = sample_run(
         args.run,
         args.n,
@@ -87,7 +88,8 @@ def _sample_volumes(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else args.run / "samples" / "stacks"
     record = draw_stacks(args.run, args.volumes, out, seed=args.seed, device=args.device,
                          temperature=args.temperature, top_map_temperature=args.top_map_temperature,
-                         background_check=args.background_check, guidance=args.guidance, sampler=args.sampler,
+                         background_check=args.background_check, guidance=args.guidance, candidates=args.candidates,
+                         sampler=args.sampler,
                          judge=args.labels, progress=not args.json)  # fmt: skip
     if args.json:
         print(json.dumps(record, indent=2))
@@ -192,6 +194,11 @@ def add_commands(sub: Commands) -> None:
         "--guidance", type=float,
         help="with --volumes: the independent top prior's weight in the stack's top maps (default: the run's "
         "sample.stack_guidance; 0: the stack prior alone)",
+    )  # fmt: skip
+    p.add_argument(
+        "--candidates", type=int,
+        help="with --volumes: draws of each slice's top map, of which the independent top prior's likeliest is "
+        "kept (default: the run's sample.stack_candidates; 1: one draw)",
     )  # fmt: skip
     add_device_arg(p)
     add_json_arg(p)

@@ -35,6 +35,10 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"config key '{key}': expected {hint}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_check_type(item, get_args(hint)[0], key) for item in value]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float) and isinstance(value, str):

@@ -91,7 +91,13 @@ class SampleConfig:
     slice maximally coupled to the one before; each slice still an exact draw).
     ``stack_top_map_temperature``: the stack prior's temperature (None: ``top_map_temperature``'s);
     ``stack_guidance`` above 0: the stack prior's top maps are drawn from it times the independent top
-    prior to this power, which pulls each slice toward what its index looks like."""
+    prior to this power, which pulls each slice toward what its index looks like (and every stack toward
+    one typical brain); ``stack_candidates`` above 1: each slice's top map is chosen among this many draws from
+    the stack prior by the independent top prior: the likeliest at the slice's index k, or with
+    ``stack_rivals`` (index offsets) the one whose index k is likeliest against k + each offset;
+    ``stack_first_map``:
+    ``top`` draws slice 0's top map with the independent top prior as a single slice's, ``stack`` with
+    the stack prior given "no previous slice"."""
 
     n: int = 16
     batch_size: int = 16
@@ -105,7 +111,10 @@ class SampleConfig:
     stacks: int = 0
     stack_coupling: str = "shared"
     stack_top_map_temperature: float | None = 1.0
-    stack_guidance: float = 1.0
+    stack_guidance: float = 0.5
+    stack_candidates: int = 4
+    stack_first_map: str = "top"
+    stack_rivals: list[int] = field(default_factory=lambda: [-4, -2, 2, 4])
 
 
 @dataclass
@@ -170,6 +179,7 @@ class Config:
             "model.top_downsample": (self.model.top_downsample, (2, 4)),
             "sample.sampler": (self.sample.sampler, ("fast", "naive")),
             "sample.stack_coupling": (self.sample.stack_coupling, ("none", "shared", "chain")),
+            "sample.stack_first_map": (self.sample.stack_first_map, ("top", "stack")),
             "top_prior.context_mode": (self.top_prior.context_mode, ("aligned", "prefix")),
             "fabric.accelerator": (self.fabric.accelerator, ACCELERATORS),
             "fabric.precision": (self.fabric.precision, PRECISIONS),
@@ -206,6 +216,10 @@ class Config:
         if self.sample.stack_guidance < 0:
             raise ConfigError(
                 f"config key 'sample.stack_guidance': must be 0 or more, got {self.sample.stack_guidance}"
+            )
+        if self.sample.stack_candidates < 1:
+            raise ConfigError(
+                f"config key 'sample.stack_candidates': must be 1 or more, got {self.sample.stack_candidates}"
             )
         if self.sample.stacks < 0:
             raise ConfigError(f"config key 'sample.stacks': must be 0 or more, got {self.sample.stacks}")

@@ -71,7 +71,7 @@ def draw_stacks(run_root: str | Path, count: int, out: Path, *, seed: int = 0, d
         labels = stack_labels(loaded_judge, to_uint8(result.images.numpy()).astype(np.float32) / 255)
     return write_stacks(result, out, labels=labels, record={
         "seed": seed, "sampling": result.sampling._asdict(), "coupling": result.coupling, "guidance": result.guidance,
-        "seconds": result.seconds,
+        "candidates": result.candidates, "rivals": list(result.rivals), "first_map": result.first_map, "seconds": result.seconds,
         "seconds_per_stack": result.seconds / count, "top_seconds": result.top_seconds,
         "bottom_seconds": result.bottom_seconds, "redrawn_top_maps": result.redrawn_top_maps,
         "unresolved_top_maps": result.unresolved_top_maps, "vqvae_hash": run.vqvae_hash, "prior_hash": run.prior_hash,

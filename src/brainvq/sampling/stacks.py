@@ -9,19 +9,30 @@ and index, exactly as for single slices, and decoded. The slices' bottom-map dra
 (``sample.stack_coupling``): ``shared`` Gumbel noise, or a ``chain`` in which each slice's code keeps the
 previous slice's code as often as the two distributions allow (:func:`brainvq.sampling.draws.draw`),
 so fine texture carries across slices too; each slice is still an exact draw from the bottom prior.
+
+A chain of top maps forgets where in the brain it is, and one pulled hard toward what each index looks
+like (``guidance`` 1, a product with the independent top prior) loses the subjects' variety: every stack
+comes out the same typical brain. So slice 0's top map is drawn by the independent top prior exactly as
+a single slice's (``sample.stack_first_map``), stacks start as varied as single slices; each later
+slice's map is the best of a few candidates drawn from the stack prior given the same previous map, the
+one that looks most like its index rather than its neighbours' (a :class:`Selection`,
+``sample.stack_candidates`` and ``sample.stack_rivals``); and the guidance is light (0.5)
+(docs/experiments/2026-12-07-stack-variety.md).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from brainvq.codes import decode_in_batches
 from brainvq.devices import resolve_device
 from brainvq.errors import RunError
+from brainvq.models.priors import Prior
 from brainvq.sampling.background import Background, run_background
 from brainvq.sampling.maps import Guide, TopMaps, draw_top_maps, redraw_generator, sample_codes
 from brainvq.sampling.settings import Sampling, resolve_sampling
@@ -43,6 +54,44 @@ class StackResult:
     redrawn_top_maps: int = 0  # slices' top maps drawn again (at least once) for want of background
     unresolved_top_maps: int = 0  # still without background after MAX_REDRAWS rounds (kept)
     guidance: float = 0.0  # the independent top prior's weight in the top maps' draws (0: none)
+    candidates: int = 1  # draws of each slice's top map, of which one was kept (Selection)
+    rivals: tuple[int, ...] = ()  # the index offsets the kept candidate's own index was weighed against
+    first_map: str = "stack"  # which prior drew slice 0's top map (top, stack)
+
+
+class Selection(NamedTuple):
+    """Best of ``candidates``: a slice's top map is drawn that many times given the same previous map,
+    and one candidate is kept, by the independent top prior ``prior`` given slice indices. With no
+    ``rivals``, the likeliest at the slice's own index k; with rivals (index offsets, e.g. (-4, -2, 2, 4)),
+    the one whose index k is likeliest against indices k + offset (the posterior of k among them, from the
+    whole map's log-likelihoods): that favours maps that look like slice k rather than typical maps."""
+
+    prior: Prior
+    candidates: int
+    rivals: tuple[int, ...] = ()
+
+    @torch.no_grad()
+    def pick(self, maps: torch.Tensor, index: int) -> torch.Tensor:
+        """The kept candidate of each stack: ``maps`` (N * candidates, h, w), a stack's candidates next
+        to each other, -> (N, h, w)."""
+        own = self.log_likelihood(maps, index)
+        num_slices = int(self.prior.config.num_slices)
+        others = [
+            self.log_likelihood(maps, index + offset) for offset in self.rivals if 0 <= index + offset < num_slices
+        ]
+        score = own - torch.logsumexp(torch.stack([own, *others]), 0) if others else own  # (N*M,)
+        per_stack = score.view(-1, self.candidates)  # (N*M,) -> (N, M)
+        grouped = maps.view(per_stack.shape[0], self.candidates, *maps.shape[1:])  # -> (N, M, h, w)
+        return grouped[torch.arange(len(grouped)), per_stack.argmax(1)]
+
+    def log_likelihood(self, maps: torch.Tensor, index: int) -> torch.Tensor:
+        """(B,) each map's log-likelihood in nats under the prior given slice ``index``."""
+        condition = (
+            torch.full((len(maps),), index, dtype=torch.long) if self.prior.config.condition_on_slice else None
+        )
+        device = next(self.prior.parameters()).device
+        logits = self.prior(maps.to(device), condition.to(device) if condition is not None else None)
+        return -F.cross_entropy(logits.float(), maps.to(device), reduction="none").sum((1, 2)).cpu()
 
 
 @torch.no_grad()
@@ -54,25 +103,32 @@ def draw_stack_top_maps(
     *,
     generator: torch.Generator,
     background: Background | None = None,
+    first: torch.Tensor | None = None,
+    selection: Selection | None = None,
     **options: Any,
 ) -> TopMaps:
-    """Top maps (N, S, h, w): slice 0 given "no previous slice", slice k given slice k-1's map. With a
-    ``background`` reference, a slice's map with no background around the head is drawn again given
-    the same previous map (:func:`brainvq.sampling.maps.draw_top_maps`) before the next slice follows
-    it, so one bad map cannot carry through the stack. ``options`` go to :func:`sample_codes`
-    (temperature, top_p, sampler, device, batch_size)."""
+    """Top maps (N, S, h, w): slice 0 given "no previous slice" (or ``first`` (N, h, w), drawn
+    elsewhere), slice k given slice k-1's map. With a ``background`` reference, a slice's map with no
+    background around the head is drawn again given the same previous map
+    (:func:`brainvq.sampling.maps.draw_top_maps`) before the next slice follows it, so one bad map
+    cannot carry through the stack. With a ``selection``, each slice's map is the best of its
+    candidates (:class:`Selection`). ``options`` go to :func:`sample_codes` (temperature, top_p, sampler,
+    device, guide); the batch is every candidate of every stack."""
     config = stack_prior.config
     none = int(config.context_num_embeddings) - 1  # the "no previous slice" code
-    previous = torch.full((num_stacks, *shape), none, dtype=torch.long)
+    previous = torch.full((num_stacks, *shape), none, dtype=torch.long) if first is None else first
+    candidates = selection.candidates if selection is not None else 1
     redraws = redraw_generator(generator)  # one stream for all the slices' redraws
-    maps, redrawn, unresolved = [], 0, 0
-    for index in range(num_slices):
-        condition = torch.full((num_stacks,), index, dtype=torch.long) if config.condition_on_slice else None
-        drawn = draw_top_maps(stack_prior, num_stacks, shape, background, generator=generator, condition=condition,
-                              context=previous, redraws=redraws, **options)  # fmt: skip
-        maps.append(drawn.codes)
+    maps, redrawn, unresolved = [] if first is None else [first], 0, 0
+    for index in range(len(maps), num_slices):
+        count = num_stacks * candidates
+        condition = torch.full((count,), index, dtype=torch.long) if config.condition_on_slice else None
+        given = previous.repeat_interleave(candidates, 0)  # (N, h, w) -> (N * M, h, w), a stack's side by side
+        drawn = draw_top_maps(stack_prior, count, shape, background, generator=generator, condition=condition,
+                              context=given, redraws=redraws, **{**options, "batch_size": count})  # fmt: skip
+        previous = selection.pick(drawn.codes, index) if selection is not None else drawn.codes
+        maps.append(previous)
         redrawn, unresolved = redrawn + drawn.redrawn, unresolved + drawn.unresolved
-        previous = drawn.codes
     return TopMaps(torch.stack(maps, 1), redrawn, unresolved)  # S x (N, h, w) -> (N, S, h, w)
 
 
@@ -90,6 +146,9 @@ def sample_stacks(
     coupling: str | None = None,
     background_check: bool | None = None,
     guidance: float | None = None,
+    candidates: int | None = None,
+    first_map: str | None = None,
+    rivals: tuple[int, ...] | None = None,
 ) -> StackResult:
     """Generate ``num_stacks`` stacks of the run's slice count with a loaded two-level run that has a
     stack prior. The temperatures default to the run's ``sample`` settings, as for single slices (the top
@@ -99,7 +158,11 @@ def sample_stacks(
     no background is drawn again unless ``background_check`` (default ``sample.top_map_background_check``)
     is False, as for single slices. ``guidance`` (default ``sample.stack_guidance``) above 0 draws the top
     maps from the stack prior times the independent top prior to that power (:class:`Guide`), which
-    pulls each slice toward what its index looks like."""
+    pulls each slice toward what its index looks like. ``candidates`` (default ``sample.stack_candidates``)
+    above 1 keeps the best of that many draws of each slice's top map (:class:`Selection`);
+    ``first_map`` (default ``sample.stack_first_map``) ``top`` draws slice 0's top map with the
+    independent top prior as for a single slice (the top-map temperature the run's single slices use),
+    ``stack`` with the stack prior given "no previous slice"."""
     stack_prior, prior = run.require_stack_prior(), run.require_prior()
     device = resolve_device(device) if device is not None else run.device
     stack_prior, prior, vqvae = stack_prior.to(device).eval(), prior.to(device).eval(), run.vqvae.to(device).eval()
@@ -112,14 +175,28 @@ def sample_stacks(
     guidance = run.config.sample.stack_guidance if guidance is None else guidance
     if guidance < 0:
         raise RunError(f"--guidance must be 0 or more, got {guidance}")
-    guide = Guide(run.require_top_prior().to(device).eval(), guidance) if guidance > 0 else None
+    candidates = run.config.sample.stack_candidates if candidates is None else candidates
+    first_map = run.config.sample.stack_first_map if first_map is None else first_map
+    if candidates < 1:
+        raise RunError(f"--candidates must be 1 or more, got {candidates}")
+    top_prior = run.require_top_prior().to(device).eval()
+    guide = Guide(top_prior, guidance) if guidance > 0 else None
+    rivals = tuple(run.config.sample.stack_rivals) if rivals is None else tuple(rivals)
+    selection = Selection(top_prior, candidates, rivals) if candidates > 1 else None
     num_slices = int(stack_prior.config.num_slices)
     generator = torch.Generator().manual_seed(seed)
     options: dict[str, Any] = dict(sampler=sampler, device=device, progress=progress)
     started = time.perf_counter()
+    first = None
+    if first_map == "top":  # slice 0 exactly as a single slice's top map
+        single = resolve_sampling(run.config.sample, 2, temperature, None, None, None, background_check)
+        condition = torch.zeros(num_stacks, dtype=torch.long) if top_prior.config.condition_on_slice else None
+        first = draw_top_maps(top_prior, num_stacks, run.top_code_shape, background, generator=generator,
+                              condition=condition, temperature=single.top_map_temperature, top_p=single.top_map_top_p,
+                              batch_size=num_stacks, **options).codes  # fmt: skip
     top_maps = draw_stack_top_maps(stack_prior, num_stacks, num_slices, run.top_code_shape, generator=generator,
-                                   background=background, temperature=how.top_map_temperature,
-                                   top_p=how.top_map_top_p, batch_size=num_stacks, guide=guide,
+                                   background=background, first=first, selection=selection,
+                                   temperature=how.top_map_temperature, top_p=how.top_map_top_p, guide=guide,
                                    **options)  # fmt: skip
     tops = top_maps.codes
     drawn_tops = time.perf_counter()
@@ -142,6 +219,9 @@ def sample_stacks(
         sampling=how,
         coupling=coupling,
         guidance=guidance,
+        candidates=candidates,
+        rivals=rivals,
+        first_map=first_map,
         redrawn_top_maps=top_maps.redrawn,
         unresolved_top_maps=top_maps.unresolved,
     )
