@@ -205,6 +205,7 @@ def test_each_slice_keeps_the_candidate_the_top_prior_finds_likeliest(stack_run:
 
 
 def test_slice_0_of_a_stack_is_drawn_as_a_single_slice_top_map(stack_run: Path) -> None:
+    from brainvq.errors import RunError
     from brainvq.sampling.background import run_background
     from brainvq.sampling.maps import draw_top_maps
     from brainvq.sampling.settings import resolve_sampling
@@ -226,6 +227,9 @@ def test_slice_0_of_a_stack_is_drawn_as_a_single_slice_top_map(stack_run: Path) 
     assert torch.equal(stacks.top_codes[:, 0], expected.codes)
     from_stack = sample_stacks(run, 2, seed=5, first_map="stack", candidates=2)
     assert not torch.equal(from_stack.top_codes[:, 0], expected.codes)
+    assert sample_stacks(run, 1, seed=5, candidates=1, rivals=(-2, 2)).rivals == ()  # no choice, no rivals
+    with pytest.raises(RunError, match="first_map must be 'top' or 'stack'"):
+        sample_stacks(run, 1, first_map="middle")
 
 
 def test_a_slice_top_map_with_no_background_is_drawn_again_given_the_same_previous_map(stack_run: Path) -> None:

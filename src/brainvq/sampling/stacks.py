@@ -179,9 +179,12 @@ def sample_stacks(
     first_map = run.config.sample.stack_first_map if first_map is None else first_map
     if candidates < 1:
         raise RunError(f"--candidates must be 1 or more, got {candidates}")
+    if first_map not in ("top", "stack"):
+        raise RunError(f"first_map must be 'top' or 'stack', got {first_map!r}")
     top_prior = run.require_top_prior().to(device).eval()
     guide = Guide(top_prior, guidance) if guidance > 0 else None
     rivals = tuple(run.config.sample.stack_rivals) if rivals is None else tuple(rivals)
+    rivals = rivals if candidates > 1 else ()  # what was done, for the record
     selection = Selection(top_prior, candidates, rivals) if candidates > 1 else None
     num_slices = int(stack_prior.config.num_slices)
     generator = torch.Generator().manual_seed(seed)
