@@ -197,8 +197,8 @@ def add_commands(sub: Commands) -> None:
     )  # fmt: skip
     p.add_argument(
         "--candidates", type=int,
-        help="with --volumes: draws of each slice's top map, of which the independent top prior's likeliest is "
-        "kept (default: the run's sample.stack_candidates; 1: one draw)",
+        help="with --volumes: draws of each slice's top map, of which the independent top prior keeps the one "
+        "most like its slice index (sample.stack_rivals) (default: the run's sample.stack_candidates; 1: one draw)",
     )  # fmt: skip
     add_device_arg(p)
     add_json_arg(p)
