@@ -31,7 +31,7 @@ browsers:
 	  echo "note: Chromium not installed; the report-rendering test will be skipped"
 
 test: $(STAMP) browsers
-	$(BIN)/python -m pytest -m "not gpu" -q
+	$(BIN)/python -m pytest -m "not gpu" -q --durations=20
 
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -99,7 +99,7 @@ def test_sample_volumes_labels_each_stack_as_the_judge_segments_its_slices(
 
     out = tmp_path / "labelled"
     drawn = cli("sample", "--run", str(stack_run), "--volumes", "2", "--out", str(out), "--labels", str(trained_judge),
-                "--json")  # fmt: skip
+                "--candidates", "1", "--json")  # fmt: skip  # one candidate: this test is about the labels
     assert drawn.returncode == 0, drawn.stderr[-2000:]
     assert len(json.loads(drawn.stdout)["label_volumes"]) == 2
     segmented = cli("segment", "--judge", str(trained_judge), str(out / "keras_png_slices_generated"),
@@ -272,7 +272,8 @@ def test_the_pipeline_trains_the_stack_prior_and_draws_stacks_when_asked(
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(two_level_run, run)
-    budgets = ["train.max_steps=25", "prior_train.max_steps=15", "top_prior_train.max_steps=15", "sample.stacks=1"]
+    budgets = ["train.max_steps=25", "prior_train.max_steps=15", "top_prior_train.max_steps=15", "sample.stacks=1",
+               "sample.stack_candidates=1"]  # fmt: skip
     sets = [part for item in [*TWO_LEVELS, *budgets] for part in ("--set", item)]
     done = cli("pipeline", "--data", str(phantom_root), "--run", str(run), *sets, "--quiet", timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]

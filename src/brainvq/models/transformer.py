@@ -80,13 +80,13 @@ class CausalSelfAttention(nn.Module):
         elif length == 1:  # one new position sees every position so far
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:
-            mask = _causal_mask(length, k.shape[2], x.device)
+            mask = causal_mask(length, k.shape[2], x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).reshape(batch, length, width)  # (B, heads, T, C/heads) -> (B, T, C)
         return self.resid_dropout(self.proj(y))
 
 
-def _causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
+def causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
     """(queries, keys) bool mask: the last ``queries`` positions of ``keys`` attend to <= themselves."""
     offset = keys - queries
     rows = torch.arange(queries, device=device)[:, None] + offset
@@ -211,23 +211,42 @@ class TransformerPrior(nn.Module):
         batch = flat_codes.shape[0]
         offset = self.length if self.prefix else 0  # cached positions before this map's first
         if cache.length == 0:
-            cache.context = self._context(context, batch)
+            cache.context = self.context_features(context, batch)
             if self.prefix:  # the previous map goes into the cache first
                 x = cache.context
                 for layer, block in enumerate(self.blocks):
                     x = block(x, cache, layer)
                 cache.length = offset
         first = cache.length - offset
-        inputs = [] if first > 0 else [self._start(condition, batch)]
-        if upto >= max(first, 1):
-            inputs.append(self.token(flat_codes[:, max(first, 1) - 1 : upto]))
-        x = torch.cat(inputs, 1) + self.position.weight[offset + first : offset + upto + 1]  # (B, new, C)
-        if cache.context is not None and not self.prefix:
-            x = x + cache.context[:, first : upto + 1]
+        x = self.step_inputs(flat_codes, first, upto, condition, cache.context)  # (B, new, C)
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer)
         cache.length = offset + upto + 1
         return self.head(self.ln_f(x[:, -1]))  # (B, C) -> (B, K)
+
+    def step_inputs(
+        self,
+        flat_codes: torch.Tensor,
+        first: int,
+        upto: int,
+        condition: torch.Tensor | None,
+        context: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The first block's input (B, upto - first + 1, C) at this map's positions ``first..upto``: the
+        start token or the code before each, its position and, when aligned, the context map's features
+        (B, T, C) there."""
+        inputs = [] if first > 0 else [self._start(condition, flat_codes.shape[0])]
+        if upto >= max(first, 1):
+            inputs.append(self.token(flat_codes[:, max(first, 1) - 1 : upto]))
+        offset = self.length if self.prefix else 0
+        x = torch.cat(inputs, 1) + self.position.weight[offset + first : offset + upto + 1]  # (B, new, C)
+        if context is not None and not self.prefix:
+            x = x + context[:, first : upto + 1]
+        return x
+
+    def context_features(self, context: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """The context map (B, h, w) as the features (B, T, C) :meth:`step` reads (None without one)."""
+        return self._context(context, batch)
 
 
 def _init_weights(module: nn.Module) -> None:

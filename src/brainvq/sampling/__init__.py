@@ -13,16 +13,18 @@ Two samplers draw the same maps for the same model, seed and temperature:
   Convolutional Autoregressive Models", which caches per layer in the same spirit).
 
 The transformer prior (the top map of a two-level run) is sampled with a key/value cache
-(:class:`KVSampler`). For a two-level run the top map is drawn first (a map with no background
+(:class:`KVSampler`); a guided draw (the stack prior times the top prior) steps both transformers as
+one, their weights stacked side by side (:class:`brainvq.sampling.paired.PairedKVSampler`). For a two-level run the top map is drawn first (a map with no background
 around the head is drawn again: :func:`draw_top_maps`, :mod:`brainvq.sampling.background`), then the
 bottom map with the bottom prior conditioned on it, then both are decoded.
 
 Draws use the Gumbel-max trick with noise from a seeded CPU ``torch.Generator``, so both
 samplers consume identical random numbers.
 
-Files: ``settings`` (temperatures, nuclei), ``draws`` (one draw), ``fast`` (the caches), ``maps``
+Files: ``settings`` (temperatures, nuclei), ``draws`` (one draw), ``fast`` (the caches), ``paired`` (two
+transformers stepped as one), ``maps``
 (whole maps, redraws, top maps), ``slices`` (:func:`sample`), ``files`` (``brainvq sample`` on disk),
-``background`` (the top maps' background check).
+``background`` (the top maps' background check), ``stacks`` / ``stack_files`` (whole stacks).
 """
 
 from brainvq.sampling.draws import draw, nucleus

@@ -11,9 +11,8 @@ from tqdm import tqdm
 from brainvq.models.priors import Prior
 from brainvq.sampling.background import Background
 from brainvq.sampling.draws import draw
-from brainvq.sampling.fast import (
-    fast_sampler,
-)
+from brainvq.sampling.fast import fast_sampler
+from brainvq.sampling.paired import paired_sampler
 
 
 @torch.no_grad()
@@ -104,8 +103,13 @@ def resample_codes(
             if context is not None
             else None
         )
-        cache = fast_sampler(prior, batch, cond, top) if sampler == "fast" else None
         guide_cond = cond if guide is not None and guide.prior.config.condition_on_slice else None
+        both = (  # the prior and its guide stepped as one where they can be (the same logits, faster)
+            paired_sampler((prior, guide.prior), batch, (cond, guide_cond), top)
+            if sampler == "fast" and guide is not None
+            else None
+        )
+        cache = fast_sampler(prior, batch, cond, top) if sampler == "fast" and both is None else None
         guide_cache = (
             fast_sampler(guide.prior, batch, guide_cond, None) if guide is not None and cache is not None else None
         )
@@ -113,13 +117,17 @@ def resample_codes(
             for j in range(width):
                 if not bool(redraw[:, i, j].any()):
                     continue
-                logits = cache.logits(i, j) if cache is not None else prior(batch, cond, top)[:, :, i, j]
+                if both is not None:
+                    logits, guided = both.logits(i, j)
+                else:
+                    logits = cache.logits(i, j) if cache is not None else prior(batch, cond, top)[:, :, i, j]
+                    if guide is not None:
+                        guided = (
+                            guide_cache.logits(i, j)
+                            if guide_cache is not None
+                            else guide.prior(batch, guide_cond)[:, :, i, j]
+                        )
                 if guide is not None:
-                    guided = (
-                        guide_cache.logits(i, j)
-                        if guide_cache is not None
-                        else guide.prior(batch, guide_cond)[:, :, i, j]
-                    )
                     logits = guide.combine(logits, guided)
                 drawn = draw(logits, temperature, generator, top_p, coupling)
                 batch[:, i, j] = torch.where(redraw[:, i, j], drawn, batch[:, i, j])
