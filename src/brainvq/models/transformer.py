@@ -159,7 +159,7 @@ class TransformerPrior(nn.Module):
         flat = codes.reshape(batch, height * width)  # (B, h, w) -> (B, T)
         x = torch.cat([self._start(condition, batch), self.token(flat[:, :-1])], 1)  # (B, T, C)
         x = x + self.position.weight[-self.length :]
-        features = self._context(context, batch)
+        features = self.context_features(context, batch)
         if self.prefix and features is not None:
             x = torch.cat([features, x], 1)  # (B, 2T, C): the previous map, then this one
         elif features is not None:
@@ -170,7 +170,7 @@ class TransformerPrior(nn.Module):
         logits = self.head(self.ln_f(x[:, -self.length :]))  # (B, T, K) this map's positions
         return logits.transpose(1, 2).reshape(batch, -1, height, width)  # (B, T, K) -> (B, K, h, w)
 
-    def _context(self, context: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    def context_features(self, context: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """The context map (B, h, w) as features (B, T, C): aligned with the positions, or the prefix."""
         if self.config.context_num_embeddings is None:
             if context is not None:
@@ -243,10 +243,6 @@ class TransformerPrior(nn.Module):
         if context is not None and not self.prefix:
             x = x + context[:, first : upto + 1]
         return x
-
-    def context_features(self, context: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        """The context map (B, h, w) as the features (B, T, C) :meth:`step` reads (None without one)."""
-        return self._context(context, batch)
 
 
 def _init_weights(module: nn.Module) -> None:
