@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
+import functools
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +114,25 @@ def test_epoch_batches_are_deterministic_and_sharded() -> None:
     assert len(seen) == len(set(seen)) == 16
 
 
+RANK_WATCHDOG_SECONDS = 120  # each of these workers finishes in seconds
+
+
+def _watched(worker: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A spawned rank that hangs prints every thread's stack and exits after RANK_WATCHDOG_SECONDS, so
+    the launch fails with a trace instead of waiting on it forever (seen once in CI, not reproduced)."""
+
+    @functools.wraps(worker)
+    def watched(*args: Any) -> dict[str, Any]:
+        faulthandler.dump_traceback_later(RANK_WATCHDOG_SECONDS, exit=True)
+        try:
+            return worker(*args)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+
+    return watched
+
+
+@_watched
 def _ddp_worker(fabric: Any, config: Config, run_root: str) -> dict[str, Any]:
     train_set = load_split(config.data.root, "train", limit_images=32)
     val_set = load_split(config.data.root, "validate", limit_images=13)  # 13: the shards differ in size
@@ -167,6 +189,7 @@ def test_two_process_ddp_keeps_ranks_identical(
         assert result["sharded"][key] == pytest.approx(result["whole"][key], rel=1e-9, abs=1e-12), key
 
 
+@_watched
 def _disagreeing_worker(fabric: Any, config: Config, run_root: str, how: str) -> dict[str, Any]:
     """Rank 1 alone wants to stop: a shorter time budget, or a NaN loss (issue 9.13)."""
     train_set = load_split(config.data.root, "train", limit_images=32)
@@ -306,6 +329,7 @@ def test_16_mixed_resume_restores_the_gradient_scaler(tiny_config: Config, tmp_p
     assert [k for k, v in straight["model"].items() if not torch.equal(v, resumed["model"][k])] == []
 
 
+@_watched
 def _failing_save_worker(fabric: Any, config: Config, run_root: str) -> dict[str, Any]:
     """Rank 0 cannot write its checkpoint (the path is taken by a folder); rank 1 must not wait for it."""
     train_set = load_split(config.data.root, "train", limit_images=32)
