@@ -128,7 +128,9 @@ def test_the_command_writes_the_layout_manifest_and_transforms(
     result = json.loads(capsys.readouterr().out)
     assert (result["volumes"], result["ok"]) == (2, 1)
     records = {r["subject"]: r for r in json.loads((out / "conform.json").read_text())["volumes"]}
-    assert records[99]["ok"] and not records[98]["ok"] and "did not register" in records[98]["problem"]
+    assert records[99]["ok"] and not records[98]["ok"]
+    # noise registers anywhere (ITK's threaded metric is not repeatable), so either refusal is right
+    assert "did not register" in records[98]["problem"] or "not fully inside" in records[98]["problem"]
     assert (out / "transforms" / "case_099.tfm").is_file() and (out / "manifest.csv").is_file()
     report = check_data(out)
     assert report["problems"] == [] and report["splits"]["test"]["images"] == 64

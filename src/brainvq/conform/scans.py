@@ -88,13 +88,15 @@ def conform_scan(path: Path, template: Template, options: ConformOptions, labels
 
 
 def problem(record: dict[str, Any]) -> str:
-    """Why a conformed scan cannot be trusted, or ''."""
+    """Why a conformed scan cannot be trusted (every reason that applies, joined), or ''."""
+    reasons = []
     if record["coverage"] < MIN_COVERAGE:
-        return f"the template's slab is not fully inside the scan (at worst {record['coverage']:.0%} of a slice's brain covered)"
+        reasons.append(f"the template's slab is not fully inside the scan (at worst {record['coverage']:.0%} of a "
+                       "slice's brain covered)")  # fmt: skip
     if not record["correlation"] >= MIN_CORRELATION:  # NaN too: nothing of the scan landed in the brain
-        return (f"did not register: correlation with the template {record['correlation']:.2f} < {MIN_CORRELATION} "
-                "(not a brain, or too unlike one)")  # fmt: skip
-    return ""
+        reasons.append(f"did not register: correlation with the template {record['correlation']:.2f} < "
+                       f"{MIN_CORRELATION} (not a brain, or too unlike one)")  # fmt: skip
+    return "; ".join(reasons)
 
 
 def _near(brain: np.ndarray) -> np.ndarray:
