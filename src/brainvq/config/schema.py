@@ -89,8 +89,8 @@ class SampleConfig:
     whole stacks into ``RUN/samples/stacks`` (:mod:`brainvq.sampling.stacks`); ``stack_coupling``: how the
     bottom-map draws of a stack's slices go together (``none``, ``shared`` Gumbel noise, or ``chain``: each
     slice maximally coupled to the one before; each slice still an exact draw).
-    ``stack_top_map_temperature``: the stack prior's temperature (None: ``top_map_temperature``'s; 1.2
-    keeps the chain closer to the anatomy than 1.0: slice error 6.1 / 5.1 against 6.2 / 5.9 at seeds 0 / 1);
+    ``stack_top_map_temperature``: the stack prior's temperature (None: ``top_map_temperature``'s; why 1.2:
+    docs/experiments/2026-12-07-stack-chains.md);
     ``stack_guidance`` above 0: the stack prior's top maps are drawn from it times the independent top
     prior to this power, which pulls each slice toward what its index looks like (and every stack toward
     one typical brain); ``stack_candidates`` above 1: each slice's top map is chosen among this many draws from
