@@ -191,6 +191,22 @@ def test_a_reversed_top_prior_gives_every_method_and_reads_the_map_backwards(
         assert 0 <= scores["pixel_ap"] <= 1 and 0 <= scores["dice_at_operating_threshold"] <= 1
 
 
+def test_train_prior_all_leaves_the_reversed_top_prior_out_when_the_config_says_so(
+    two_level_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(two_level_run, run)
+    for path in (run / "checkpoints").glob("prior*"):
+        path.unlink()
+    trained = cli("train-prior", "--run", str(run), "--set", "top_prior_train.reversed_prior=false",
+                  "--max-steps", "3", "--quiet", "--json")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert RunDir(run).has_stage("prior_top") and RunDir(run).has_stage("prior")
+    assert not RunDir(run).has_stage("prior_top_reversed")
+    added = cli("train-prior", "--run", str(run), "--level", "top-reversed", "--max-steps", "3", "--quiet")
+    assert added.returncode == 0 and RunDir(run).has_stage("prior_top_reversed"), added.stderr[-2000:]
+
+
 def _prior_weights(run: Path, stage: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(RunDir(run).checkpoint(stage, "last"))["model"]  # type: ignore[no-any-return]
 

@@ -189,7 +189,7 @@ def run_pipeline(
 
     def prior_stage() -> dict[str, Any]:
         results = {}
-        for level in run_prior_levels(run.root, "all"):  # two-level runs: the top prior, then the bottom
+        for level in run_prior_levels(run.root, "all", config):  # two-level runs: the top priors, then the bottom
             name = PRIOR_STAGES[level]
             current = _prior_is_current(run, name)  # a prior made for an older VQ-VAE starts over
             stale = run.has_stage(name) and not current

@@ -97,7 +97,10 @@ def test_presets_load() -> None:
         assert (two_levels.sample.top_p, two_levels.sample.top_map_top_p) == (0.7, 1.0)  # a nucleus: bottom only
     stacks, cpu = load_config(find_preset("oasis-cpu-stacks")), load_config(find_preset("oasis-cpu"))
     assert stacks.sample.stacks == 4 and stacks.top_prior.context_mode == "aligned"  # measured: docs/experiments
-    assert replace(stacks, sample=cpu.sample) == cpu  # otherwise oasis-cpu: the same models and budgets
+    assert not stacks.top_prior_train.reversed_prior  # the anomaly maps' second top prior: not for stacks
+    untrimmed = replace(stacks.top_prior_train, reversed_prior=True)
+    # otherwise oasis-cpu: the same models and budgets
+    assert replace(stacks, sample=cpu.sample, top_prior_train=untrimmed) == cpu
     for name in ("oasis-cpu-1level", "demo"):  # one level samples without a nucleus
         one_level = load_config(find_preset(name))
         assert one_level.model.levels == 1 and one_level.sample.top_p == 1.0

@@ -272,12 +272,15 @@ def test_the_pipeline_trains_the_stack_prior_and_draws_stacks_when_asked(
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(two_level_run, run)
+    for path in (run / "checkpoints").glob("prior_top_reversed-*"):
+        path.unlink()  # as the stacks preset: no reversed-order top prior, which stacks do not need
     budgets = ["train.max_steps=25", "prior_train.max_steps=15", "top_prior_train.max_steps=15", "sample.stacks=1",
-               "sample.stack_candidates=1"]  # fmt: skip
+               "sample.stack_candidates=1", "top_prior_train.reversed_prior=false"]  # fmt: skip
     sets = [part for item in [*TWO_LEVELS, *budgets] for part in ("--set", item)]
     done = cli("pipeline", "--data", str(phantom_root), "--run", str(run), *sets, "--quiet", timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert load_checkpoint(RunDir(run).checkpoint("prior_stack", "last"))["loop"]["step"] == 15
+    assert RunDir(run).has_stage("prior_top") and not RunDir(run).has_stage("prior_top_reversed")
     record = json.loads((run / "samples" / "stacks" / "stacks.json").read_text())
     assert record["stacks"] == 1 and (run / "samples" / "stacks" / "stack_001.nii.gz").is_file()
     assert {"train-stack-prior", "sample-stacks"} <= set(

@@ -56,6 +56,8 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
         # during the top prior leaves no bottom one)
         level_args = argparse.Namespace(**{**vars(args), "resume": args.resume and level in started})
         config = stage_config(level_args, PRIOR_STAGES[level], section)
+        if level == "top_reversed" and args.level == "all" and not config.top_prior_train.reversed_prior:
+            continue  # the run's config leaves it out (anomaly maps fall back to top_z)
         summaries[level] = train_prior(
             config, args.run, resume=level_args.resume, force=args.force, progress=not args.quiet, level=level
         )

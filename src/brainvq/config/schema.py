@@ -39,6 +39,9 @@ class TrainConfig:
     an EMA of the encoder's outputs. ``context_corruption`` (priors with a context: the bottom prior's top
     map, the stack prior's previous slice): during training, this share of the context's codes is replaced
     by codes from random positions of the same map, so the prior learns not to copy its context blindly.
+    ``reversed_prior`` (``top_prior_train`` only): ``train-prior --level all`` and ``pipeline`` also train
+    the reversed-order top prior (anomaly maps' second ordering; without it they fall back to ``top_z``,
+    and ``train-prior --level top-reversed`` adds it later).
     """
 
     batch_size: int = 16
@@ -58,6 +61,7 @@ class TrainConfig:
     grad_clip: float | None = None
     weight_ema_decay: float = 0.0
     context_corruption: float = 0.0
+    reversed_prior: bool = True
     seed: int = 0
 
 

@@ -122,12 +122,17 @@ def train_prior(
     return summary
 
 
-def run_prior_levels(run_root: str | Path, level: str) -> list[str]:
-    """The prior levels ``--level`` names for the run's trained VQ-VAE, top before bottom."""
+def run_prior_levels(run_root: str | Path, level: str, config: Config | None = None) -> list[str]:
+    """The prior levels ``--level`` names for the run's trained VQ-VAE, top before bottom; ``config``'s
+    ``top_prior_train.reversed_prior`` (else the VQ-VAE's config's) says whether ``all`` includes the
+    reversed-order top prior."""
     run = RunDir(run_root)
     if not run.has_stage("vqvae"):
         raise RunError(f"{run.root}: no trained VQ-VAE (run `brainvq train-vqvae` first)")
-    return prior_levels(config_from_checkpoint(stage_checkpoint(run, "vqvae")), level)
+    made_with = config_from_checkpoint(stage_checkpoint(run, "vqvae"))
+    if config is not None:
+        made_with.top_prior_train = config.top_prior_train
+    return prior_levels(made_with, level)
 
 
 def prior_levels(config: Config, level: str) -> list[str]:
@@ -140,8 +145,9 @@ def prior_levels(config: Config, level: str) -> list[str]:
             raise RunError(f"this run's VQ-VAE has one level: there is no {level} prior (use --level all)")
         return ["bottom"]
     # all: the top prior, the reversed-order top prior (the default anomaly method reads the top map in both
-    # orders; 5.5 minutes on a 2-core CPU), then the bottom prior
-    return ["top", "top_reversed", "bottom"] if level == "all" else [level]
+    # orders; 5.5 minutes on a 2-core CPU) unless top_prior_train.reversed_prior is off, then the bottom prior
+    reversed_level = ["top_reversed"] if config.top_prior_train.reversed_prior else []
+    return ["top", *reversed_level, "bottom"] if level == "all" else [level]
 
 
 def _train_prior_level(
