@@ -14,6 +14,7 @@ from brainvq.evaluation.stacks import (
     read_stacks,
     score_stacks,
     shuffled_stacks,
+    stack_variety,
 )
 
 
@@ -29,6 +30,10 @@ def test_shuffled_real_slices_score_worse_than_real_subjects(judge_data: Path, t
     for key in ("adjacent_ssim_w", "through_plane_w", "tissue_curve_w"):
         assert result["shuffled"][key] > 2 * result["real"][key], (key, result)
     assert result["shuffled"]["adjacent_ssim_mean"] < result["real"]["adjacent_ssim_mean"]
+    # shuffling moves slices between subjects: slice k of two stacks is as alike as before (the same pool
+    # of slice-k images), but one stack's slices k and k + 8 now come from two subjects
+    assert result["shuffled"]["within_stack"] < result["real"]["within_stack"]
+    assert abs(result["shuffled"]["between_stacks"] - result["real"]["between_stacks"]) < 0.1
 
 
 def test_adjacent_agreement_and_subject_memorisation_known_answers() -> None:
@@ -40,3 +45,25 @@ def test_adjacent_agreement_and_subject_memorisation_known_answers() -> None:
     train = rng.uniform(0, 1, size=(3, 4, 16, 16))
     assert nearest_subject_correlation(train[1:2], train) == pytest.approx([1.0])  # a copy of subject 2
     assert nearest_subject_correlation(rng.uniform(0, 1, size=(1, 4, 16, 16)), train)[0] < 0.3
+
+
+def test_stack_variety_known_answers() -> None:
+    """Copies of one stack are alike between stacks (1); a stack of one repeated slice is alike within
+    (1); unrelated noise is alike nowhere; too small a set gives NaN, not an error."""
+    rng = np.random.default_rng(0)
+    one = rng.uniform(0.2, 1, size=(1, 8, 32, 32)).astype(np.float32)
+    copies = stack_variety(np.repeat(one, 3, axis=0), pairs=60)
+    assert copies.between_stacks == pytest.approx(1.0, abs=1e-4) and copies.within_stack < 0.2
+    still = stack_variety(
+        np.repeat(rng.uniform(0.2, 1, size=(3, 1, 32, 32)), 8, axis=1).astype(np.float32), pairs=60
+    )
+    assert still.within_stack == pytest.approx(1.0, abs=1e-4) and still.between_stacks < 0.2
+    noise = stack_variety(rng.uniform(0.2, 1, size=(3, 8, 32, 32)).astype(np.float32), pairs=60)
+    assert max(noise) < 0.2
+    # every slice of its own image, once: any-pair diversity lies between its two parts' extremes
+    assert still.between_stacks <= still.slice_diversity <= still.within_stack
+    single = stack_variety(one, pairs=10)
+    assert np.isnan(single.between_stacks) and not np.isnan(single.within_stack)
+    assert np.isnan(stack_variety(one[:, :1], pairs=10)).all()
+    big = rng.uniform(0.2, 1, size=(2, 4, 176, 176)).astype(np.float32)  # MS-SSIM from 176 pixels
+    assert stack_variety(np.repeat(big[:1], 2, axis=0), pairs=10).between_stacks == pytest.approx(1.0, abs=1e-3)

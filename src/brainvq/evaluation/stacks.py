@@ -13,7 +13,12 @@ stacks (N, S, H, W) with real subjects' stacks of the held-out split:
   the head (the vertical gradient of the coronal and sagittal reslices), against the real subjects';
 * ``nearest_train_subject_corr``: memorisation at the subject level, each stack's mean per-slice
   correlation with its nearest training subject (median over stacks; the same for held-out real
-  subjects is the floor).
+  subjects is the floor);
+* variety, judge-free, each a mean MS-SSIM of random pairs (higher = more alike; nearer the floor is
+  better): ``slice_diversity``, any two slices of the set (the per-slice ``ms_ssim_diversity``, here on
+  whole stacks, so that the floor has the same shape); and its two parts, ``between_stacks``, slice k of
+  two different stacks (stacks that drift towards one typical brain score high), and ``within_stack``,
+  slices k and k + S/4 of one stack (a stack whose anatomy moves too little along the slices scores high).
 
 The real subjects are split in two halves: the first is the reference every set is compared with,
 the second is scored like any set, which gives the real-vs-real floor. Known answers: stacks of
@@ -25,16 +30,23 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from brainvq.data.dataset import load_split
 from brainvq.errors import DataError
-from brainvq.evaluation.metrics import foreground_mask, masked_metrics
+from brainvq.evaluation.metrics import (
+    foreground_mask,
+    masked_metrics,
+    ms_ssim_per_image,
+    ms_ssim_supported,
+    ssim_per_image,
+)
 
 THROUGH_PLANE_PIXELS = 200_000  # per set: an even subsample of the head's pixel differences
+VARIETY_PAIRS = 500  # per variety score and set: a standard error of about 0.003 on OASIS
 
 
 def read_stacks(root: str | Path, split: str, limit: int | None = None) -> tuple[np.ndarray, list[int]]:
@@ -122,6 +134,49 @@ def nearest_subject_correlation(stacks: np.ndarray, train: np.ndarray) -> np.nda
     return correlation.max(axis=1)
 
 
+class StackVariety(NamedTuple):
+    """How alike a set's slices are (mean MS-SSIM of random pairs; SSIM for images under 176 pixels)."""
+
+    slice_diversity: float  # any two slices of the set
+    between_stacks: float  # slice k of two different stacks
+    within_stack: float  # slices k and k + S/4 of one stack
+
+
+def stack_variety(stacks: np.ndarray, pairs: int = VARIETY_PAIRS, seed: int = 0) -> StackVariety:
+    """The three variety scores of the module doc for stacks (N, S, H, W); NaN where a set is too small
+    (fewer than two stacks for ``between_stacks``, fewer than two slices for ``within_stack``)."""
+    count, slices = stacks.shape[:2]
+    rng = np.random.default_rng(seed)
+    stack, index = rng.integers(count, size=pairs), rng.integers(slices, size=pairs)
+    result = [float("nan")] * 3
+    if count * slices > 1:  # any other slice of the set
+        other = (stack * slices + index + rng.integers(1, count * slices, size=pairs)) % (count * slices)
+        result[0] = _mean_similarity(stacks, (stack, index), divmod(other, slices))
+    if count > 1:  # the same slice of another stack
+        other_stack = (stack + rng.integers(1, count, size=pairs)) % count
+        result[1] = _mean_similarity(stacks, (stack, index), (other_stack, index))
+    gap = max(slices // 4, 1)
+    if slices > gap:  # S/4 slices further along the same stack
+        start = rng.integers(slices - gap, size=pairs)
+        result[2] = _mean_similarity(stacks, (stack, start), (stack, start + gap))
+    return StackVariety(*result)
+
+
+def _mean_similarity(
+    stacks: np.ndarray, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+) -> float:
+    """Mean MS-SSIM (SSIM for small images) between slices stacks[a] and stacks[b], pair by pair."""
+    height, width = stacks.shape[2:]
+    measure = ms_ssim_per_image if ms_ssim_supported((height, width)) else ssim_per_image
+    values = []
+    for s in range(0, len(a[0]), 50):
+        left = torch.from_numpy(stacks[a[0][s : s + 50], a[1][s : s + 50]])  # (B, H, W): slice a[1] of stack a[0]
+        right = torch.from_numpy(stacks[b[0][s : s + 50], b[1][s : s + 50]])
+        pair = [side.float().clamp(0, 1)[:, None] for side in (left, right)]  # (B, H, W) -> (B, 1, H, W)
+        values.append(measure(*pair).double())
+    return float(torch.cat(values).mean())
+
+
 def wasserstein(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import wasserstein_distance
 
@@ -148,6 +203,7 @@ def score_stacks(
             scores["tissue_roughness_mean"] = float(roughness(curves).mean())
             scores["tissue_curve_w"] = wasserstein(roughness(curves), roughness(ref_curves))
             scores["tissue_curve_distance"] = float(nearest_curve_distance(curves, ref_curves).mean())
+        scores.update(stack_variety(stacks)._asdict())
         if train is not None:
             scores["nearest_train_subject_corr"] = float(np.median(nearest_subject_correlation(stacks, train)))
         result[name] = scores
