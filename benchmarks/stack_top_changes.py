@@ -1,10 +1,17 @@
-"""How many top codes change from one slice to the next: real subjects against a run's stacks.
+"""How many top codes change from one slice to the next, and how alike stacks are: real subjects
+against a run's stacks, top maps only (judge-free, no bottom maps, no decoding).
 
     python benchmarks/stack_top_changes.py --run runs/oasis --temperatures 1.15 1.0 0.85 [--guidance 0 1]
+    python benchmarks/stack_top_changes.py --run runs/oasis --temperatures 1.2 --guidance 0.5 --candidates 4
 
 Real: the run's encoded validate top maps of subjects with every slice. Stacks: 8 stacks of top maps
-only (no bottom maps, no decoding) from the stack prior at each temperature and guidance, seed 0. A
-stack prior whose chains change far more codes than real subjects drifts; far fewer, it sticks.
+from the stack prior at each temperature and guidance, seed 0; slice 0 from the stack prior, or with
+``--candidates`` (the best of that many by index, ``sample.stack_rivals``) from the top prior as
+``sample --volumes`` draws it. A stack prior whose chains change far more codes than real subjects
+drifts; far fewer, it sticks. Agreement (the share of equal codes inside the head, where either map is
+not a background code of the real maps' border) of slice k in two stacks (``between``: high when the
+stacks drift toward one typical brain), of slices k and k + S/4 in one stack (``within``: high when the
+anatomy moves too little) and of neighbours (``adjacent``).
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import torch
 import brainvq
 from brainvq.codes import CodeMaps
 from brainvq.sampling.background import run_background
-from brainvq.sampling.maps import Guide
-from brainvq.sampling.stacks import draw_stack_top_maps
+from brainvq.sampling.maps import Guide, draw_top_maps
+from brainvq.sampling.stacks import Selection, draw_stack_top_maps
+
+PAIRS = 400
 
 
 def changed_share(stacks: torch.Tensor) -> float:
@@ -37,26 +46,73 @@ def real_stacks(codes: CodeMaps, num_slices: int) -> torch.Tensor:
     return torch.stack(stacks)
 
 
+def background_codes(real: torch.Tensor) -> torch.Tensor:
+    """The codes that make up at least 2 % of the real maps' border (R, S, h, w): the background."""
+    border = torch.cat([real[..., 0, :].flatten(), real[..., -1, :].flatten(),
+                        real[..., :, 0].flatten(), real[..., :, -1].flatten()])  # fmt: skip
+    counts = torch.bincount(border)
+    return torch.nonzero(counts >= 0.02 * len(border)).flatten()
+
+
+def agreement(stacks: torch.Tensor, background: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """Mean share of equal codes inside the head for ``PAIRS`` random pairs of each kind (module doc)."""
+    generator = torch.Generator().manual_seed(seed)
+    count, slices = stacks.shape[:2]
+    stack, index = (
+        torch.randint(count, (PAIRS,), generator=generator),
+        torch.randint(slices, (PAIRS,), generator=generator),
+    )
+    other = (stack + torch.randint(1, count, (PAIRS,), generator=generator)) % count
+    gap = slices // 4
+    start = torch.randint(slices - gap, (PAIRS,), generator=generator)
+
+    def share(a: torch.Tensor, b: torch.Tensor) -> float:  # (P, h, w) pairs
+        head = ~torch.isin(a, background) | ~torch.isin(b, background)
+        return float((((a == b) & head).sum((1, 2)) / head.sum((1, 2)).clamp_min(1)).mean())
+
+    return {
+        "between": share(stacks[stack, index], stacks[other, index]),
+        "within": share(stacks[stack, start], stacks[stack, start + gap]),
+        "adjacent": share(stacks[stack, start], stacks[stack, start + 1]),
+    }
+
+
+def describe(name: str, stacks: torch.Tensor, background: torch.Tensor) -> str:
+    scores = agreement(stacks, background)
+    return (f"{name}: {changed_share(stacks):.3f} of the top codes change per slice; agreement between stacks "
+            f"{scores['between']:.3f}, within (k, k+S/4) {scores['within']:.3f}, adjacent {scores['adjacent']:.3f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0])
     parser.add_argument("--guidance", type=float, nargs="+", default=[0.0])
     parser.add_argument("--stacks", type=int, default=8)
+    parser.add_argument("--candidates", type=int, default=1, help="above 1: slice 0 from the top prior, best of N")
     args = parser.parse_args()
     run = brainvq.load_run(args.run, "cpu")
     prior = run.require_stack_prior()
     num_slices = int(prior.config.num_slices)
     real = real_stacks(CodeMaps.load(run.root.code_file(run.config.data.val_split)), num_slices)
-    print(f"real validate subjects ({len(real)}): {changed_share(real):.3f} of the top codes change per slice")
+    background = background_codes(real)
+    print(describe(f"real validate subjects ({len(real)})", real, background))
+    top_prior = run.require_top_prior()
     for weight in args.guidance:
-        guide = Guide(run.require_top_prior(), weight) if weight > 0 else None
+        guide = Guide(top_prior, weight) if weight > 0 else None
         for temperature in args.temperatures:
+            generator, first, selection = torch.Generator().manual_seed(0), None, None
+            if args.candidates > 1:  # as sample --volumes: slice 0 as a single slice's, then the best of N
+                first = draw_top_maps(top_prior, args.stacks, run.top_code_shape, run_background(run), generator=generator,
+                                      condition=torch.zeros(args.stacks, dtype=torch.long),
+                                      temperature=run.config.sample.top_map_temperature, batch_size=args.stacks).codes  # fmt: skip
+                selection = Selection(top_prior, args.candidates, tuple(run.config.sample.stack_rivals))
             drawn = draw_stack_top_maps(
-                prior, args.stacks, num_slices, run.top_code_shape, generator=torch.Generator().manual_seed(0),
-                background=run_background(run), temperature=temperature, batch_size=args.stacks, guide=guide,
+                prior, args.stacks, num_slices, run.top_code_shape, generator=generator, first=first,
+                selection=selection, background=run_background(run), temperature=temperature, guide=guide,
             )  # fmt: skip
-            print(f"stacks, T {temperature:g}, guidance {weight:g}: {changed_share(drawn.codes):.3f}")
+            print(describe(f"stacks, T {temperature:g}, guidance {weight:g}, best of {args.candidates}",
+                           drawn.codes, background))  # fmt: skip
 
 
 if __name__ == "__main__":
