@@ -47,7 +47,12 @@ def real_stacks(codes: CodeMaps, num_slices: int) -> torch.Tensor:
 
 
 def background_codes(real: torch.Tensor) -> torch.Tensor:
-    """The codes that make up at least 2 % of the real maps' border (R, S, h, w): the background."""
+    """The codes that make up at least 2 % of the real maps' border (R, S, h, w): the background.
+
+    Not :class:`brainvq.sampling.background.Background`: that reference compares each ring cell with
+    the commonest code at that position, and its ring (3 cells of 16) reaches the head, so its codes
+    taken as a set (51 on the proxy run of docs/experiments/2026-12-07-stack-budget.md, head codes
+    among them) would call much of the head background (real agreement between stacks 0.073, not 0.238)."""
     border = torch.cat([real[..., 0, :].flatten(), real[..., -1, :].flatten(),
                         real[..., :, 0].flatten(), real[..., :, -1].flatten()])  # fmt: skip
     counts = torch.bincount(border)

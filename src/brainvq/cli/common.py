@@ -69,14 +69,17 @@ def stop_overrides(args: argparse.Namespace, section: str) -> list[str]:
     return out
 
 
-def stage_config(args: argparse.Namespace, stage: str, section: str, run: Path | None = None) -> Any:
-    """The config a training command runs with (:func:`brainvq.training.resume.stage_config`)."""
+def stage_config(
+    args: argparse.Namespace, stage: str, section: str, run: Path | None = None, *, quiet: bool = False
+) -> Any:
+    """The config a training command runs with (:func:`brainvq.training.resume.stage_config`); ``quiet``
+    leaves out the note on where it came from."""
     from brainvq.training.resume import stage_config as resolve
 
     return resolve(
         run or args.run, stage, resume=args.resume, config_file=args.config, preset=getattr(args, "preset", None),
         overrides=[*(args.set or []), *stop_overrides(args, section)], data=getattr(args, "data", None),
-        log=lambda message: print(message, file=sys.stderr),
+        log=None if quiet else lambda message: print(message, file=sys.stderr),
     )  # fmt: skip
 
 

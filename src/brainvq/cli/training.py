@@ -45,7 +45,11 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
     from brainvq.training.stages import run_prior_levels, train_prior
     from brainvq.training.tasks import PRIOR_STAGES
 
-    levels = run_prior_levels(args.run, args.level)  # a two-level run: the top prior, then the bottom
+    # which levels: the run's VQ-VAE and the config this command gives (top_prior_train.reversed_prior)
+    chosen = stage_config(
+        argparse.Namespace(**{**vars(args), "resume": False}), "prior", "top_prior_train", quiet=True
+    )
+    levels = run_prior_levels(args.run, args.level, chosen)  # a two-level run: the top prior, then the bottom
     started = [level for level in levels if RunDir(args.run).checkpoint(PRIOR_STAGES[level], "last").is_file()]
     if args.resume and not started:
         raise BrainVQError(f"{args.run}: nothing to resume (no prior checkpoint yet; drop --resume)")
@@ -56,8 +60,6 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
         # during the top prior leaves no bottom one)
         level_args = argparse.Namespace(**{**vars(args), "resume": args.resume and level in started})
         config = stage_config(level_args, PRIOR_STAGES[level], section)
-        if level == "top_reversed" and args.level == "all" and not config.top_prior_train.reversed_prior:
-            continue  # the run's config leaves it out (anomaly maps fall back to top_z)
         summaries[level] = train_prior(
             config, args.run, resume=level_args.resume, force=args.force, progress=not args.quiet, level=level
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +22,7 @@ from brainvq.evaluation.metrics import ms_ssim_per_image, ms_ssim_supported, ssi
 
 NEIGHBOUR_CANDIDATES = 8
 DIVERSITY_PAIRS = 1000
+PAIR_BATCH = 50  # pairs scored at once
 FLOOR_DRAWS = 20
 KNN = 3
 NOTE = "fd_judge/kid_judge are computed in the brainvq judge's features, not Inception's: not comparable to FID"
@@ -172,13 +174,27 @@ def diversity(images: ImageSet, pairs: int = DIVERSITY_PAIRS, seed: int = 0) -> 
     generator = torch.Generator().manual_seed(seed)
     first = torch.randint(n, (pairs,), generator=generator)
     second = (first + torch.randint(1, n, (pairs,), generator=generator)) % n
-    size = tuple(images.pixels.shape[-2:])
-    measure, name = (ms_ssim_per_image, "ms_ssim") if ms_ssim_supported(size) else (ssim_per_image, "ssim")  # type: ignore[arg-type]
-    values = torch.cat([
-        measure(images.images(first[s : s + 50].tolist()), images.images(second[s : s + 50].tolist()))
-        for s in range(0, pairs, 50)
-    ]).double()  # fmt: skip
+    size = (int(images.pixels.shape[-2]), int(images.pixels.shape[-1]))
+    values, name = pair_similarity(
+        lambda start, end: (images.images(first[start:end].tolist()), images.images(second[start:end].tolist())),
+        pairs,
+        size,
+    )
     return Diversity(float(values.mean()), float(values.std() / math.sqrt(pairs)), name)
+
+
+def pair_similarity(
+    pair_batch: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]], count: int, size: tuple[int, int]
+) -> tuple[torch.Tensor, str]:
+    """Each of ``count`` pairs' similarity (count,) float64 and the measure's name: MS-SSIM, or SSIM
+    for images too small for MS-SSIM (``size`` (H, W)). ``pair_batch(start, end)`` gives pairs
+    start..end-1 as two (B, 1, H, W) tensors in [0, 1]; they are scored ``PAIR_BATCH`` at a time."""
+    measure, name = (ms_ssim_per_image, "ms_ssim") if ms_ssim_supported(size) else (ssim_per_image, "ssim")
+    values = [
+        measure(*pair_batch(start, min(start + PAIR_BATCH, count))).double()
+        for start in range(0, count, PAIR_BATCH)
+    ]
+    return torch.cat(values), name
 
 
 def nearest_neighbour_ssim(

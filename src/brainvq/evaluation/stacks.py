@@ -37,13 +37,8 @@ import torch
 
 from brainvq.data.dataset import load_split
 from brainvq.errors import DataError
-from brainvq.evaluation.metrics import (
-    foreground_mask,
-    masked_metrics,
-    ms_ssim_per_image,
-    ms_ssim_supported,
-    ssim_per_image,
-)
+from brainvq.evaluation.metrics import foreground_mask, masked_metrics
+from brainvq.evaluation.scores import pair_similarity
 
 THROUGH_PLANE_PIXELS = 200_000  # per set: an even subsample of the head's pixel differences
 VARIETY_PAIRS = 500  # per variety score and set: a standard error of about 0.003 on OASIS
@@ -166,15 +161,15 @@ def _mean_similarity(
     stacks: np.ndarray, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
 ) -> float:
     """Mean MS-SSIM (SSIM for small images) between slices stacks[a] and stacks[b], pair by pair."""
+
+    def pair_batch(start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        left = torch.from_numpy(stacks[a[0][start:end], a[1][start:end]])  # (B, H, W): slice a[1] of stack a[0]
+        right = torch.from_numpy(stacks[b[0][start:end], b[1][start:end]])
+        return left.float().clamp(0, 1)[:, None], right.float().clamp(0, 1)[:, None]  # (B, H, W) -> (B, 1, H, W)
+
     height, width = stacks.shape[2:]
-    measure = ms_ssim_per_image if ms_ssim_supported((height, width)) else ssim_per_image
-    values = []
-    for s in range(0, len(a[0]), 50):
-        left = torch.from_numpy(stacks[a[0][s : s + 50], a[1][s : s + 50]])  # (B, H, W): slice a[1] of stack a[0]
-        right = torch.from_numpy(stacks[b[0][s : s + 50], b[1][s : s + 50]])
-        pair = [side.float().clamp(0, 1)[:, None] for side in (left, right)]  # (B, H, W) -> (B, 1, H, W)
-        values.append(measure(*pair).double())
-    return float(torch.cat(values).mean())
+    values, _ = pair_similarity(pair_batch, len(a[0]), (int(height), int(width)))
+    return float(values.mean())
 
 
 def wasserstein(a: np.ndarray, b: np.ndarray) -> float:
