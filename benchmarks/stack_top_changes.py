@@ -5,9 +5,9 @@ against a run's stacks, top maps only (judge-free, no bottom maps, no decoding).
     python benchmarks/stack_top_changes.py --run runs/oasis --temperatures 1.2 --guidance 0.5 --candidates 4
 
 Real: the run's encoded validate top maps of subjects with every slice. Stacks: 8 stacks of top maps
-from the stack prior at each temperature and guidance, seed 0; slice 0 from the stack prior, or with
-``--candidates`` (the best of that many by index, ``sample.stack_rivals``) from the top prior as
-``sample --volumes`` draws it. A stack prior whose chains change far more codes than real subjects
+from the stack prior at each temperature and guidance, seed 0 (``--stacks``, ``--seed``); slice 0 from
+the stack prior, or with ``--candidates`` (the best of that many by index, ``sample.stack_rivals``) or
+``--first top`` from the top prior as ``sample --volumes`` draws it. A stack prior whose chains change far more codes than real subjects
 drifts; far fewer, it sticks. Agreement (the share of equal codes inside the head, where either map is
 not a background code of the real maps' border) of slice k in two stacks (``between``: high when the
 stacks drift toward one typical brain), of slices k and k + S/4 in one stack (``within``: high when the
@@ -71,21 +71,36 @@ def agreement(stacks: torch.Tensor, background: torch.Tensor, seed: int = 0) -> 
     gap = slices // 4
     start = torch.randint(slices - gap, (PAIRS,), generator=generator)
 
-    def share(a: torch.Tensor, b: torch.Tensor) -> float:  # (P, h, w) pairs
-        head = ~torch.isin(a, background) | ~torch.isin(b, background)
-        return float((((a == b) & head).sum((1, 2)) / head.sum((1, 2)).clamp_min(1)).mean())
-
     return {
-        "between": share(stacks[stack, index], stacks[other, index]),
-        "within": share(stacks[stack, start], stacks[stack, start + gap]),
-        "adjacent": share(stacks[stack, start], stacks[stack, start + 1]),
+        "between": share(stacks[stack, index], stacks[other, index], background),
+        "within": share(stacks[stack, start], stacks[stack, start + gap], background),
+        "adjacent": share(stacks[stack, start], stacks[stack, start + 1], background),
     }
 
 
+def share(a: torch.Tensor, b: torch.Tensor, background: torch.Tensor) -> float:
+    """Mean share of equal codes inside the head over pairs of maps (P, h, w)."""
+    head = ~torch.isin(a, background) | ~torch.isin(b, background)
+    return float((((a == b) & head).sum((1, 2)) / head.sum((1, 2)).clamp_min(1)).mean())
+
+
+def between_by_quarter(stacks: torch.Tensor, background: torch.Tensor) -> list[float]:
+    """Agreement between stacks at the same slice, every pair of stacks, in each quarter of the slices:
+    rising along the stack when the chains drift toward one typical brain."""
+    count, slices = stacks.shape[:2]
+    first, second = torch.triu_indices(count, count, 1)
+    quarters = torch.arange(slices).chunk(4)
+    return [
+        share(stacks[first][:, quarter].flatten(0, 1), stacks[second][:, quarter].flatten(0, 1), background)
+        for quarter in quarters
+    ]  # (pairs, q, h, w) -> (pairs * q, h, w)
+
+
 def describe(name: str, stacks: torch.Tensor, background: torch.Tensor) -> str:
-    scores = agreement(stacks, background)
+    scores, quarters = agreement(stacks, background), between_by_quarter(stacks, background)
     return (f"{name}: {changed_share(stacks):.3f} of the top codes change per slice; agreement between stacks "
-            f"{scores['between']:.3f}, within (k, k+S/4) {scores['within']:.3f}, adjacent {scores['adjacent']:.3f}")  # fmt: skip
+            f"{scores['between']:.3f}, within (k, k+S/4) {scores['within']:.3f}, adjacent {scores['adjacent']:.3f}; "
+            f"between by quarter {' '.join(f'{q:.3f}' for q in quarters)}")  # fmt: skip
 
 
 def main() -> None:
@@ -94,7 +109,11 @@ def main() -> None:
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0])
     parser.add_argument("--guidance", type=float, nargs="+", default=[0.0])
     parser.add_argument("--stacks", type=int, default=8)
-    parser.add_argument("--candidates", type=int, default=1, help="above 1: slice 0 from the top prior, best of N")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--candidates", type=int, default=1, help="each later slice: the best of N by index")
+    parser.add_argument("--first", choices=["top", "stack"], help="which prior draws slice 0 (default: top with "
+                        "--candidates above 1, else stack)")  # fmt: skip
+    parser.add_argument("--independent", action="store_true", help="also slices drawn one by one by the top prior")
     args = parser.parse_args()
     run = brainvq.load_run(args.run, "cpu")
     prior = run.require_stack_prior()
@@ -103,20 +122,29 @@ def main() -> None:
     background = background_codes(real)
     print(describe(f"real validate subjects ({len(real)})", real, background))
     top_prior = run.require_top_prior()
+    if args.independent:  # as single slices: each index drawn alone (only ``between`` compares with real)
+        condition = torch.arange(num_slices).repeat(args.stacks)
+        loose = draw_top_maps(top_prior, len(condition), run.top_code_shape, run_background(run), condition=condition,
+                              generator=torch.Generator().manual_seed(args.seed), batch_size=num_slices,
+                              temperature=run.config.sample.top_map_temperature).codes  # fmt: skip
+        stacked = loose.view(args.stacks, num_slices, *loose.shape[1:])  # (N*S, h, w) -> (N, S, h, w)
+        print(describe(f"independent slices, T {run.config.sample.top_map_temperature:g}", stacked, background))
     for weight in args.guidance:
         guide = Guide(top_prior, weight) if weight > 0 else None
         for temperature in args.temperatures:
-            generator, first, selection = torch.Generator().manual_seed(0), None, None
-            if args.candidates > 1:  # as sample --volumes: slice 0 as a single slice's, then the best of N
+            generator, first, selection = torch.Generator().manual_seed(args.seed), None, None
+            first_by = args.first or ("top" if args.candidates > 1 else "stack")
+            if first_by == "top":  # slice 0 as a single slice's
                 first = draw_top_maps(top_prior, args.stacks, run.top_code_shape, run_background(run), generator=generator,
                                       condition=torch.zeros(args.stacks, dtype=torch.long),
                                       temperature=run.config.sample.top_map_temperature, batch_size=args.stacks).codes  # fmt: skip
+            if args.candidates > 1:  # as sample --volumes: the best of N by index
                 selection = Selection(top_prior, args.candidates, tuple(run.config.sample.stack_rivals))
             drawn = draw_stack_top_maps(
                 prior, args.stacks, num_slices, run.top_code_shape, generator=generator, first=first,
                 selection=selection, background=run_background(run), temperature=temperature, guide=guide,
             )  # fmt: skip
-            print(describe(f"stacks, T {temperature:g}, guidance {weight:g}, best of {args.candidates}",
+            print(describe(f"stacks, T {temperature:g}, guidance {weight:g}, best of {args.candidates}, first {first_by}",
                            drawn.codes, background))  # fmt: skip
 
 

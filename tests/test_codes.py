@@ -57,3 +57,32 @@ def test_code_maps_record_and_check_their_vqvae(tmp_path: Path) -> None:
     assert loaded.vqvae_hash == "abc" and loaded.check_made_by("abc", tmp_path / "c.pt") is loaded
     with pytest.raises(RunError, match="stale code maps"):
         loaded.check_made_by("def", tmp_path / "c.pt")
+
+
+def test_the_stack_level_gives_each_map_the_earlier_slices_of_its_own_subject() -> None:
+    """``level("stack", context_slices)``: the context of slice k is slice k-n for each n above 0 and the
+    subject's first slice for 0, the "no previous slice" code (the top codebook size) where there is
+    none; one context slice gives (N, h, w), more (N, M, h, w)."""
+    subjects = torch.tensor([1, 1, 1, 2, 2, 1])
+    slices = torch.tensor([0, 1, 2, 0, 1, 3])
+    top = torch.arange(6).view(6, 1, 1).expand(6, 2, 2).to(torch.int16)  # map i holds the code i
+    codes = CodeMaps(top.clone(), subjects, slices, "train", 9, (8, 8), "h", top.clone(), 6)
+    none = 6
+    two = codes.level("stack", (1, 2))
+    assert two.top_indices is not None and two.top_indices.shape == (6, 2, 2, 2)
+    assert two.top_num_embeddings == 7 and torch.equal(two.indices, top)
+    firsts = two.top_indices[:, :, 0, 0].tolist()  # (N, M): the code of slice k-1, then of k-2
+    assert firsts == [[none, none], [0, none], [1, 0], [none, none], [3, none], [2, 1]]
+    anchored = codes.level("stack", (1, 0))  # slice k-1, then the subject's first slice
+    assert anchored.top_indices is not None
+    assert anchored.top_indices[:, :, 0, 0].tolist() == [
+        [none, none],
+        [0, 0],
+        [1, 0],
+        [none, none],
+        [3, 3],
+        [2, 0],
+    ]
+    one = codes.level("stack")
+    assert one.top_indices is not None and one.top_indices.shape == (6, 2, 2)
+    assert one.top_indices[:, 0, 0].tolist() == [none, 0, 1, none, 3, 2]

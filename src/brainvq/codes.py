@@ -7,6 +7,7 @@ training, evaluation and figures.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,15 +95,16 @@ class CodeMaps:
             batch["context"] = self.top_indices[index].long()
         return batch
 
-    def level(self, name: str) -> CodeMaps:
+    def level(self, name: str, context_slices: Sequence[int] = (1,)) -> CodeMaps:
         """The maps one prior learns: ``bottom`` (these maps, with the top maps as context), ``top``
-        (the top maps alone) or ``top_reversed`` (the top maps turned by 180 degrees, so that a prior
+        (the top maps alone), ``top_reversed`` (the top maps turned by 180 degrees, so that a prior
         reading them in raster order reads the anatomy from the last row back: a second ordering for
-        anomaly scores). A one-level set has only ``bottom``."""
+        anomaly scores) or ``stack`` (the top maps, with earlier slices' as context:
+        :func:`stack_context`). A one-level set has only ``bottom``."""
         if name == "bottom":
             return self
         if name == "stack":
-            return self._stack_level()
+            return self._stack_level(context_slices)
         if name not in TOP_LEVELS or self.top_indices is None or self.top_num_embeddings is None:
             raise RunError(f"{self.split} code maps have no {name!r} level")
         maps = self.top_indices if name == "top" else reverse_order(self.top_indices)
@@ -110,19 +112,23 @@ class CodeMaps:
             maps, self.subjects, self.slices, self.split, self.top_num_embeddings, self.image_size, self.vqvae_hash,
         )  # fmt: skip
 
-    def _stack_level(self) -> CodeMaps:
-        """The stack prior's maps: each top map with the previous slice's top map of the same subject as
-        its context (the code ``top_num_embeddings``, "no previous slice", where there is none)."""
+    def _stack_level(self, context_slices: Sequence[int] = (1,)) -> CodeMaps:
+        """The stack prior's maps: each top map with the maps of earlier slices of the same subject as its
+        context (:func:`stack_context`; the code ``top_num_embeddings``, "no previous slice", where there
+        is none): (N, h, w) for one context slice, (N, M, h, w) for M."""
         if self.top_indices is None or self.top_num_embeddings is None:
             raise RunError(f"{self.split} code maps have no top maps: the stack prior needs a two-level run")
         if bool((self.subjects < 0).any()) or bool((self.slices < 0).any()):
             raise RunError(f"{self.split} code maps lack subject ids or slice indices: no stacks to learn from")
         where = {(int(s), int(k)): i for i, (s, k) in enumerate(zip(self.subjects, self.slices, strict=True))}
-        previous = torch.full_like(self.top_indices, self.top_num_embeddings)
+        previous = self.top_indices.new_full((len(self), len(context_slices), *self.top_indices.shape[1:]),
+                                             self.top_num_embeddings)  # fmt: skip
         for i, (subject, index) in enumerate(zip(self.subjects.tolist(), self.slices.tolist(), strict=True)):
-            before = where.get((subject, index - 1))
-            if before is not None:
-                previous[i] = self.top_indices[before]
+            for place, before_index in enumerate(stack_context(index, context_slices)):
+                before = where.get((subject, before_index)) if before_index is not None else None
+                if before is not None:
+                    previous[i, place] = self.top_indices[before]
+        previous = previous[:, 0] if len(context_slices) == 1 else previous  # (N, 1, h, w) -> (N, h, w)
         return CodeMaps(
             self.top_indices, self.subjects, self.slices, self.split, self.top_num_embeddings, self.image_size,
             self.vqvae_hash, previous, self.top_num_embeddings + 1,
@@ -130,6 +136,15 @@ class CodeMaps:
 
 
 TOP_LEVELS = ("top", "top_reversed")
+
+
+def stack_context(index: int, context_slices: Sequence[int]) -> list[int | None]:
+    """The slices whose top maps the stack prior reads for slice ``index``, one per ``context_slices``
+    entry: n above 0 is slice index - n, 0 the stack's first slice; None where there is none (before
+    slice 0, and the first slice for slice 0 itself)."""
+    return [
+        (index - n if index - n >= 0 else None) if n > 0 else (0 if index > 0 else None) for n in context_slices
+    ]
 
 
 def reverse_order(maps: torch.Tensor) -> torch.Tensor:

@@ -76,11 +76,11 @@ def test_dropout_only_in_training() -> None:
     assert not torch.equal(prior(codes, condition), prior(codes, condition))
 
 
-def _stack_prior(mode: str) -> TransformerPrior:
+def _stack_prior(mode: str, before: tuple[int, ...] = (1,)) -> TransformerPrior:
     torch.manual_seed(0)
     config = PriorConfig(
         arch="transformer", hidden_channels=32, num_layers=2, num_heads=4, condition_on_slice=True, num_slices=8,
-        code_height=SIZE, code_width=SIZE, context_num_embeddings=11, context_mode=mode,
+        code_height=SIZE, code_width=SIZE, context_num_embeddings=11, context_mode=mode, context_slices=list(before),
     )  # fmt: skip
     prior = build_prior(config, num_embeddings=10)
     assert isinstance(prior, TransformerPrior)
@@ -136,3 +136,40 @@ def test_the_stack_priors_cached_steps_equal_the_full_pass(mode: str) -> None:
         for t in (0, 5, 6, 30):
             step = prior.step(flat, t, cache, condition, previous)
             torch.testing.assert_close(step, full[:, :, t], rtol=1e-5, atol=1e-5)
+
+
+def test_a_stack_prior_of_two_maps_reads_both_in_their_places() -> None:
+    """``context_slices`` [1, 2] (slices k-1 and k-2): slice k's logits change with either previous map near the change only (aligned),
+    the two maps are not interchangeable, position t still sees only codes before t (by gradients), the
+    cached steps equal the full pass, and the prefix mode refuses more than one map."""
+    prior = _stack_prior("aligned", (1, 2))
+    codes = torch.randint(0, 10, (2, SIZE, SIZE))
+    previous = torch.randint(0, 11, (2, 2, SIZE, SIZE))  # (B, M, h, w): slices k-1 and k-2
+    condition = torch.tensor([3, 5])
+    with torch.no_grad():
+        logits = prior(codes, condition, previous)
+        for back in (0, 1):
+            changed = previous.clone()
+            changed[:, back, SIZE - 1, SIZE - 1] = (changed[:, back, SIZE - 1, SIZE - 1] + 1) % 11
+            moved = prior(codes, condition, changed)
+            assert torch.equal(logits[..., 0, 0], moved[..., 0, 0])
+            assert not torch.allclose(logits[..., -1, -1], moved[..., -1, -1])
+        assert not torch.allclose(logits, prior(codes, condition, previous.flip(1)))  # k-1 and k-2 swapped
+    embedded = prior.token(codes.reshape(2, -1)).detach().requires_grad_(True)  # (B, T, C)
+    hook = prior.token.register_forward_hook(lambda module, inputs, output: embedded[:, : output.shape[1]])
+    try:
+        traced = prior(codes, condition, previous).reshape(2, 10, -1)  # (B, K, T)
+    finally:
+        hook.remove()
+    for position in (0, 7, SIZE * SIZE - 1):
+        embedded.grad = None
+        traced[:, :, position].sum().backward(retain_graph=True)
+        grad = embedded.grad.abs().sum((0, 2)) if embedded.grad is not None else torch.zeros(SIZE * SIZE)  # (T,)
+        assert grad[position:].max() == 0, f"logits at {position} see the present or future"
+    with torch.no_grad():
+        flat, cache, full = codes.reshape(2, -1), prior.new_cache(), logits.reshape(2, 10, -1)  # (B, T), (B, K, T)
+        for t in range(SIZE * SIZE):
+            step = prior.step(flat, t, cache, condition, previous)
+            torch.testing.assert_close(step, full[:, :, t], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="context_slices"):
+        _stack_prior("prefix", (1, 0))

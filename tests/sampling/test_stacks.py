@@ -319,3 +319,48 @@ def test_evaluate_samples_volumes_scores_drawn_and_written_stacks_alike(
     assert folder["adjacent_ssim_mean"] == pytest.approx(direct["adjacent_ssim_mean"], abs=0.01)  # 8-bit PNGs
     assert folder["tissue_roughness_mean"] == pytest.approx(direct["tissue_roughness_mean"], abs=0.01)
     assert from_folder["sets"]["independent slices"] == result["sets"]["independent slices"]
+
+
+def test_a_stack_prior_of_two_context_slices_trains_samples_and_draws_each_slice_given_both(
+    two_level_run: Path, tmp_path: Path
+) -> None:
+    """``--set top_prior.context_slices=[1,0]``: the stack prior reads slice k-1 and the stack's first
+    slice (checkpointed in its config); each slice of a stack is the draw given those two ("no previous
+    slice" for slice 0), fast == naive, and ``sample --volumes`` writes the stacks."""
+    from brainvq.sampling.stacks import draw_stack_top_maps
+
+    run = tmp_path / "run"
+    shutil.copytree(two_level_run, run)
+    trained = cli("train-prior", "--run", str(run), "--level", "stack", "--max-steps", "10", "--quiet",
+                  "--set", "top_prior.context_slices=[1, 0]")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert load_checkpoint(RunDir(run).checkpoint("prior_stack", "last"))["config"]["top_prior"][
+        "context_slices"
+    ] == [1, 0]
+    loaded = brainvq.load_run(run, "cpu")
+    prior, shape = loaded.require_stack_prior(), loaded.top_code_shape
+    first = brainvq.sampling.sample_codes(loaded.require_top_prior(), 2, shape, condition=torch.zeros(2).long(),
+                                          generator=9)  # fmt: skip
+    drawn = {
+        sampler: draw_stack_top_maps(
+            prior,
+            2,
+            5,
+            shape,
+            generator=torch.Generator().manual_seed(1),
+            first=first,
+            sampler=sampler,
+            temperature=1.0,
+        )
+        for sampler in ("fast", "naive")
+    }
+    assert torch.equal(drawn["fast"].codes, drawn["naive"].codes)
+    generator, maps = torch.Generator().manual_seed(1), [first]
+    for index in range(1, 5):
+        context = torch.stack([maps[-1], maps[0]], 1)  # (N, 2, h, w): slice k-1, slice 0
+        maps.append(brainvq.sampling.sample_codes(prior, 2, shape, generator=generator, temperature=1.0,
+                                                  condition=torch.full((2,), index), context=context, batch_size=2))  # fmt: skip
+    assert torch.equal(drawn["fast"].codes, torch.stack(maps, 1))
+    out = tmp_path / "stacks"
+    written = cli("sample", "--run", str(run), "--volumes", "1", "--out", str(out), "--candidates", "1", "--json")
+    assert written.returncode == 0 and (out / "stack_001.nii.gz").is_file(), written.stderr[-2000:]

@@ -226,6 +226,12 @@ class Config:
             raise ConfigError(
                 f"config key 'sample.stack_candidates': must be 1 or more, got {self.sample.stack_candidates}"
             )
+        slices = self.top_prior.context_slices
+        if not slices or min(slices) < 0 or (len(slices) > 1 and self.top_prior.context_mode != "aligned"):
+            raise ConfigError(
+                f"config key 'top_prior.context_slices': one or more of 0 (the first slice) and n > 0 (slice k-n), "
+                f"more than one only with top_prior.context_mode aligned; got {slices}"
+            )
         if self.sample.stacks < 0:
             raise ConfigError(f"config key 'sample.stacks': must be 0 or more, got {self.sample.stacks}")
         for section in ("prior_train", "top_prior_train", "judge_train"):

@@ -7,7 +7,7 @@ application's config).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -83,6 +83,8 @@ class PriorConfig:
     last code stands for "no previous slice") and reads the previous map as ``context_mode``:
     ``aligned`` (each position adds the 3x3 neighbourhood of the previous map at that place) or
     ``prefix`` (the previous map's codes come first in the sequence, fully visible to every position).
+    ``context_slices``: which slices' maps it reads, each with its own code embeddings: n above 0 is
+    slice k-n, 0 the stack's first slice (the subject); more than one needs ``aligned``.
     """
 
     arch: str = "pixelcnn"
@@ -102,6 +104,7 @@ class PriorConfig:
     context_num_embeddings: int | None = None
     context_factor: int = 1
     context_mode: str = "aligned"
+    context_slices: list[int] = field(default_factory=lambda: [1])
 
 
 @dataclass

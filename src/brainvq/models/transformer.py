@@ -16,7 +16,9 @@ A context map of the same size (the stack prior: the previous slice's top map) e
 ways (``config.context_mode``): ``aligned`` adds, at each position, a 3x3 convolution of the previous
 map's code embeddings around that place; ``prefix`` puts the previous map's T codes (with their own
 positions) before the start token, so the sequence is 2T long and every position attends to the
-whole previous map. Either way position t of the current map sees only codes before t.
+whole previous map. Either way position t of the current map sees only codes before t. Aligned, the
+context may hold M maps (B, M, h, w) (``config.context_slices``: slices k-1, k-2, or the stack's first),
+each read through its own code embeddings, summed before the convolution.
 """
 
 from __future__ import annotations
@@ -134,6 +136,11 @@ class TransformerPrior(nn.Module):
             raise ValueError("the transformer prior reads a context map of its own size only (context_factor 1)")
         if config.context_mode not in ("aligned", "prefix"):
             raise ValueError(f"context_mode must be 'aligned' or 'prefix', got {config.context_mode!r}")
+        self.context_maps = len(config.context_slices)
+        if self.context_maps < 1 or (self.context_maps > 1 and config.context_mode != "aligned"):
+            raise ValueError(
+                f"context_slices: one, or more with context_mode 'aligned'; got {config.context_slices}"
+            )
         self.config, self.num_embeddings = config, num_embeddings
         width, length = config.hidden_channels, config.code_height * config.code_width
         self.length = length
@@ -141,7 +148,7 @@ class TransformerPrior(nn.Module):
         self.token = nn.Embedding(num_embeddings, width)
         self.position = nn.Embedding(2 * length if self.prefix else length, width)
         if config.context_num_embeddings is not None:
-            self.context_token = nn.Embedding(config.context_num_embeddings, width)
+            self.context_token = nn.Embedding(self.context_maps * config.context_num_embeddings, width)
             if not self.prefix:
                 self.context_mix = nn.Conv2d(width, width, 3, padding=1)
         self.start = nn.Embedding(config.num_slices if config.condition_on_slice else 1, width)
@@ -171,17 +178,20 @@ class TransformerPrior(nn.Module):
         return logits.transpose(1, 2).reshape(batch, -1, height, width)  # (B, T, K) -> (B, K, h, w)
 
     def context_features(self, context: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        """The context map (B, h, w) as features (B, T, C): aligned with the positions, or the prefix."""
+        """The context map (B, h, w), or maps (B, M, h, w), as features (B, T, C): aligned with the
+        positions, or the prefix."""
         if self.config.context_num_embeddings is None:
             if context is not None:
                 raise ValueError("this transformer prior takes no context map")
             return None
         if context is None:
             raise ValueError("this transformer prior reads a context map (the previous slice's): pass context")
-        embedded = self.context_token(context.reshape(batch, -1))  # (B, h, w) -> (B, T, C)
+        maps = context.reshape(batch, self.context_maps, -1)  # (B, [M,] h, w) -> (B, M, T)
+        offsets = torch.arange(self.context_maps, device=context.device) * self.config.context_num_embeddings
+        embedded = self.context_token(maps + offsets[:, None]).sum(1)  # (B, M, T) -> (B, M, T, C) -> (B, T, C)
         if self.prefix:
             return embedded + self.position.weight[: self.length]
-        height, width = context.shape[1:]
+        height, width = context.shape[-2:]
         grid = embedded.transpose(1, 2).reshape(batch, -1, height, width)  # (B, T, C) -> (B, C, h, w)
         return self.context_mix(grid).flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, T, C)
 

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from brainvq.codes import decode_in_batches
+from brainvq.codes import decode_in_batches, stack_context
 from brainvq.devices import resolve_device
 from brainvq.errors import RunError
 from brainvq.models.priors import Prior
@@ -108,26 +108,27 @@ def draw_stack_top_maps(
     **options: Any,
 ) -> TopMaps:
     """Top maps (N, S, h, w): slice 0 given "no previous slice" (or ``first`` (N, h, w), drawn
-    elsewhere), slice k given slice k-1's map. With a ``background`` reference, a slice's map with no
+    elsewhere), slice k given slice k-1's map (or the maps of its ``context_slices``:
+    :func:`brainvq.codes.stack_context`). With a ``background`` reference, a slice's map with no
     background around the head is drawn again given the same previous map
     (:func:`brainvq.sampling.maps.draw_top_maps`) before the next slice follows it, so one bad map
     cannot carry through the stack. With a ``selection``, each slice's map is the best of its
     candidates (:class:`Selection`). ``options`` go to :func:`sample_codes` (temperature, top_p, sampler,
     device, guide); the batch is every candidate of every stack."""
     config = stack_prior.config
-    none = int(config.context_num_embeddings) - 1  # the "no previous slice" code
-    previous = torch.full((num_stacks, *shape), none, dtype=torch.long) if first is None else first
+    none = torch.full((num_stacks, *shape), int(config.context_num_embeddings) - 1)  # "no previous slice"
     candidates = selection.candidates if selection is not None else 1
     redraws = redraw_generator(generator)  # one stream for all the slices' redraws
     maps, redrawn, unresolved = [] if first is None else [first], 0, 0
     for index in range(len(maps), num_slices):
         count = num_stacks * candidates
         condition = torch.full((count,), index, dtype=torch.long) if config.condition_on_slice else None
-        given = previous.repeat_interleave(candidates, 0)  # (N, h, w) -> (N * M, h, w), a stack's side by side
+        previous = [maps[k] if k is not None else none for k in stack_context(index, config.context_slices)]
+        given = torch.stack(previous, 1) if len(previous) > 1 else previous[0]  # M x (N, h, w) -> (N, [M,] h, w)
+        given = given.repeat_interleave(candidates, 0)  # -> (N * candidates, [M,] h, w), a stack's side by side
         drawn = draw_top_maps(stack_prior, count, shape, background, generator=generator, condition=condition,
                               context=given, redraws=redraws, **{**options, "batch_size": count})  # fmt: skip
-        previous = selection.pick(drawn.codes, index) if selection is not None else drawn.codes
-        maps.append(previous)
+        maps.append(selection.pick(drawn.codes, index) if selection is not None else drawn.codes)
         redrawn, unresolved = redrawn + drawn.redrawn, unresolved + drawn.unresolved
     return TopMaps(torch.stack(maps, 1), redrawn, unresolved)  # S x (N, h, w) -> (N, S, h, w)
 

@@ -205,8 +205,9 @@ class PriorTask(Task):
         super().__init__(config, train)
         self.level, self.stage = level, PRIOR_STAGES[level]
         self.prior_config = config.top_prior if level != "bottom" else config.prior
-        self.train_codes = train_codes.level(level)
-        self.val_codes = val_codes.level(level) if val_codes is not None else None
+        before = self.prior_config.context_slices  # the stack prior's earlier slices
+        self.train_codes = train_codes.level(level, before)
+        self.val_codes = val_codes.level(level, before) if val_codes is not None else None
         if self.prior_config.condition_on_slice:
             for codes in (self.train_codes, self.val_codes):
                 if codes is not None:
@@ -254,10 +255,10 @@ class PriorTask(Task):
 
 
 def corrupt_context(context: torch.Tensor, share: float) -> torch.Tensor:
-    """``context`` (B, h, w) with about ``share`` of each map's codes replaced by the codes at random
+    """``context`` (B, [M,] h, w) with about ``share`` of each map's codes replaced by the codes at random
     positions of the same map (a "no previous slice" map stays one); the training-time noise of
     ``context_corruption``, from torch's global generator like dropout."""
-    flat = context.flatten(1)  # (B, h, w) -> (B, h*w)
+    flat = context.flatten(-2).flatten(0, -2)  # (B, [M,] h, w) -> (B*M, h*w)
     positions = torch.randint(0, flat.shape[1], flat.shape, device=flat.device)
     replaced = torch.rand(flat.shape, device=flat.device) < share
     return torch.where(replaced, flat.gather(1, positions), flat).view_as(context)  # (B, h*w) -> (B, h, w)
