@@ -7,8 +7,8 @@ against a run's stacks, top maps only (judge-free, no bottom maps, no decoding).
 Real: the run's encoded validate top maps of subjects with every slice. Stacks: 8 stacks of top maps
 from the stack prior at each temperature and guidance, seed 0 (``--stacks``, ``--seed``); slice 0 from
 the stack prior, or with ``--candidates`` (the best of that many by index, ``sample.stack_rivals``) or
-``--first top`` from the top prior as ``sample --volumes`` draws it. A stack prior whose chains change far more codes than real subjects
-drifts; far fewer, it sticks. Agreement (the share of equal codes inside the head, where either map is
+``--first top`` from the top prior as ``sample --volumes`` draws it. A stack prior whose chains change
+far more codes than real subjects drifts; far fewer, it sticks. Agreement (the share of equal codes inside the head, where either map is
 not a background code of the real maps' border) of slice k in two stacks (``between``: high when the
 stacks drift toward one typical brain), of slices k and k + S/4 in one stack (``within``: high when the
 anatomy moves too little) and of neighbours (``adjacent``).
@@ -121,10 +121,10 @@ def main() -> None:
     real = real_stacks(CodeMaps.load(run.root.code_file(run.config.data.val_split)), num_slices)
     background = background_codes(real)
     print(describe(f"real validate subjects ({len(real)})", real, background))
-    top_prior = run.require_top_prior()
+    top_prior, reference = run.require_top_prior(), run_background(run)  # the run's background check, once
     if args.independent:  # as single slices: each index drawn alone (only ``between`` compares with real)
         condition = torch.arange(num_slices).repeat(args.stacks)
-        loose = draw_top_maps(top_prior, len(condition), run.top_code_shape, run_background(run), condition=condition,
+        loose = draw_top_maps(top_prior, len(condition), run.top_code_shape, reference, condition=condition,
                               generator=torch.Generator().manual_seed(args.seed), batch_size=num_slices,
                               temperature=run.config.sample.top_map_temperature).codes  # fmt: skip
         stacked = loose.view(args.stacks, num_slices, *loose.shape[1:])  # (N*S, h, w) -> (N, S, h, w)
@@ -135,14 +135,14 @@ def main() -> None:
             generator, first, selection = torch.Generator().manual_seed(args.seed), None, None
             first_by = args.first or ("top" if args.candidates > 1 else "stack")
             if first_by == "top":  # slice 0 as a single slice's
-                first = draw_top_maps(top_prior, args.stacks, run.top_code_shape, run_background(run), generator=generator,
+                first = draw_top_maps(top_prior, args.stacks, run.top_code_shape, reference, generator=generator,
                                       condition=torch.zeros(args.stacks, dtype=torch.long),
                                       temperature=run.config.sample.top_map_temperature, batch_size=args.stacks).codes  # fmt: skip
             if args.candidates > 1:  # as sample --volumes: the best of N by index
                 selection = Selection(top_prior, args.candidates, tuple(run.config.sample.stack_rivals))
             drawn = draw_stack_top_maps(
                 prior, args.stacks, num_slices, run.top_code_shape, generator=generator, first=first,
-                selection=selection, background=run_background(run), temperature=temperature, guide=guide,
+                selection=selection, background=reference, temperature=temperature, guide=guide,
             )  # fmt: skip
             print(describe(f"stacks, T {temperature:g}, guidance {weight:g}, best of {args.candidates}, first {first_by}",
                            drawn.codes, background))  # fmt: skip

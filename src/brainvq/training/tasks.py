@@ -261,7 +261,7 @@ def corrupt_context(context: torch.Tensor, share: float) -> torch.Tensor:
     flat = context.flatten(-2).flatten(0, -2)  # (B, [M,] h, w) -> (B*M, h*w)
     positions = torch.randint(0, flat.shape[1], flat.shape, device=flat.device)
     replaced = torch.rand(flat.shape, device=flat.device) < share
-    return torch.where(replaced, flat.gather(1, positions), flat).view_as(context)  # (B, h*w) -> (B, h, w)
+    return torch.where(replaced, flat.gather(1, positions), flat).view_as(context)  # -> (B, [M,] h, w)
 
 
 PRIOR_STAGES = {
