@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,22 @@ from brainvq.errors import BrainVQError
 
 
 def pipeline_config(args: argparse.Namespace) -> Any:
-    """``--preset``, then ``--config``, ``--set`` and ``--data``."""
+    """``--config`` or ``--preset``, then ``--set`` and ``--data``. Neither given: the run's saved
+    ``config.yaml`` when RUN exists (so an interrupted pipeline goes on as it was started, without its
+    flags again), else the ``oasis-cpu`` preset."""
     from brainvq.config import find_preset, load_config
+    from brainvq.runs import RunDir
 
-    path = args.config or (find_preset(args.preset) if args.preset else None)
+    saved = RunDir(args.run).config
+    if args.config or args.preset:
+        path = args.config or find_preset(args.preset)
+    elif saved.is_file():
+        path = saved
+        print(
+            f"[pipeline] using the run's saved config ({saved}); --preset or --config replace it", file=sys.stderr
+        )
+    else:
+        path = find_preset("oasis-cpu")
     config = load_config(path, list(args.set or []))
     if getattr(args, "data", None):
         config.data.root = str(args.data)  # a path, never parsed as YAML (a folder named 2024 or yes)
@@ -169,8 +182,9 @@ def add_commands(sub: Commands) -> None:
     p.add_argument("--data", type=Path, required=True, help="data root (OASIS layout or a folder of PNGs)")
     p.add_argument("--run", type=Path, required=True, help="the run directory (made, or continued)")
     p.add_argument(
-        "--preset", default="oasis-cpu",
-        help=f"a shipped preset ({', '.join(preset_names())}; default oasis-cpu) or a YAML path",
+        "--preset",
+        help=f"a shipped preset ({', '.join(preset_names())}) or a YAML path; default: the run's saved "
+        "config when RUN exists, else oasis-cpu",
     )  # fmt: skip
     p.add_argument("--samples", type=int, default=16, help="slices to draw at the end")
     add_device_arg(p)
