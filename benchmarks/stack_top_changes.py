@@ -8,10 +8,10 @@ Real: the run's encoded validate top maps of subjects with every slice. Stacks: 
 from the stack prior at each temperature and guidance, seed 0 (``--stacks``, ``--seed``); slice 0 from
 the stack prior, or with ``--candidates`` (the best of that many by index, ``sample.stack_rivals``) or
 ``--first top`` from the top prior as ``sample --volumes`` draws it. A stack prior whose chains change
-far more codes than real subjects drifts; far fewer, it sticks. Agreement (the share of equal codes inside the head, where either map is
-not a background code of the real maps' border) of slice k in two stacks (``between``: high when the
-stacks drift toward one typical brain), of slices k and k + S/4 in one stack (``within``: high when the
-anatomy moves too little) and of neighbours (``adjacent``).
+far more codes than real subjects drifts; far fewer, it sticks. Agreement (the share of equal codes
+inside the head, where either map is not a background code of the real maps' border) of slice k in two
+stacks (``between``: high when the stacks drift toward one typical brain), of slices k and k + S/4 in
+one stack (``within``: high when the anatomy moves too little) and of neighbours (``adjacent``).
 """
 
 from __future__ import annotations

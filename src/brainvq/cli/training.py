@@ -24,24 +24,22 @@ from brainvq.errors import BrainVQError
 def pipeline_config(args: argparse.Namespace) -> Any:
     """``--config`` or ``--preset``, then ``--set`` and ``--data``. Neither given: the run's saved
     ``config.yaml`` when RUN exists (so an interrupted pipeline goes on as it was started, without its
-    flags again), else the ``oasis-cpu`` preset."""
-    from brainvq.config import find_preset, load_config
+    flags again; the same rule as a new stage of an existing run), else the ``oasis-cpu`` preset."""
     from brainvq.runs import RunDir
+    from brainvq.training.resume import stage_config as resolve
 
-    saved = RunDir(args.run).config
-    if args.config or args.preset:
-        path = args.config or find_preset(args.preset)
-    elif saved.is_file():
-        path = saved
-        print(
-            f"[pipeline] using the run's saved config ({saved}); --preset or --config replace it", file=sys.stderr
-        )
-    else:
-        path = find_preset("oasis-cpu")
-    config = load_config(path, list(args.set or []))
-    if getattr(args, "data", None):
-        config.data.root = str(args.data)  # a path, never parsed as YAML (a folder named 2024 or yes)
-    return config
+    saved = RunDir(args.run).config.is_file()
+    preset = args.preset or (None if saved or args.config else "oasis-cpu")
+    return resolve(
+        args.run,
+        "pipeline",
+        resume=False,
+        config_file=args.config,
+        preset=preset,
+        overrides=list(args.set or []),
+        data=getattr(args, "data", None),
+        log=lambda message: print(message, file=sys.stderr),
+    )
 
 
 def cmd_train_vqvae(args: argparse.Namespace) -> int:
