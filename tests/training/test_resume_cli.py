@@ -105,7 +105,10 @@ def test_a_later_stage_keeps_the_runs_config(phantom_root: Path, tmp_path: Path)
     # `pipeline` on the run without --preset or --config goes on with the run's config, not oasis-cpu's
     went_on = brainvq("pipeline", "--data", str(phantom_root), "--run", str(run), "--samples", "2", "--quiet")
     assert went_on.returncode == 0, went_on.stderr
-    assert "[pipeline] starting from the run's saved config" in went_on.stderr
+    assert (
+        "[pipeline] starting from the run's saved config" in went_on.stderr
+        and "--preset or --config" in went_on.stderr
+    )
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["prior_train"]["lr"] == 0.004 and resolved["prior"]["num_layers"] == 1
     assert resolved["train"]["lr"] == 0.002 and resolved["model"]["hidden_channels"] == 16

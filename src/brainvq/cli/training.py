@@ -38,7 +38,7 @@ def pipeline_config(args: argparse.Namespace) -> Any:
         preset=preset,
         overrides=list(args.set or []),
         data=getattr(args, "data", None),
-        log=lambda message: print(message, file=sys.stderr),
+        log=lambda message: print(f"{message}; --preset or --config replace it", file=sys.stderr),
     )
 
 

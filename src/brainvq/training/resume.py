@@ -113,7 +113,7 @@ def stage_config(
             config = load_config(path, list(overrides))
         else:
             config = load_config(saved, list(overrides))
-            say(f"[{stage}] starting from the run's saved config ({saved}); --preset or --config replace it")
+            say(f"[{stage}] starting from the run's saved config ({saved})")
         if data is not None:
             config.data.root = str(data)  # a path, never parsed as YAML (a folder named 2024 or yes)
         return config
