@@ -102,10 +102,21 @@ def barrier() -> None:
 def end_process_group() -> None:
     """Leave the distributed group cleanly at the end of a command: wait for every rank, then destroy
     the group. Without this, a rank whose peer already exited can abort at interpreter shutdown
-    (gloo: "terminate called without an active exception")."""
+    (gloo: "terminate called without an active exception").
+
+    Call it once the DDP-wrapped model is gone, and outside any ``except`` block whose traceback
+    still holds it. DDP's reducer keeps the group alive and frees it without releasing the GIL;
+    freed after the group is destroyed, its destructor joins gloo's worker threads while one of
+    them waits for the GIL to free the tensors of a finished collective: a silent hang (seen in
+    CI, reproduced about once in ten runs of tests/training/test_train.py's DDP tests). The
+    collection below frees reducers that only a reference cycle still held.
+    """
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 

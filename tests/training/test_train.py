@@ -119,7 +119,8 @@ RANK_WATCHDOG_SECONDS = 120  # each of these workers finishes in seconds
 
 def _watched(worker: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     """A spawned rank that hangs prints every thread's stack and exits after RANK_WATCHDOG_SECONDS, so
-    the launch fails with a trace instead of waiting on it forever (seen once in CI, not reproduced)."""
+    the launch fails with a trace instead of waiting on it forever (a hang seen in CI twice: the gloo
+    teardown deadlock that end_process_group's docstring describes)."""
 
     @functools.wraps(worker)
     def watched(*args: Any) -> dict[str, Any]:
@@ -208,11 +209,11 @@ def _disagreeing_worker(fabric: Any, config: Config, run_root: str, how: str) ->
     engine = Engine(task, fabric, RunDir(run_root), resume=False, progress=False)
     try:
         engine.fit()
+        outcome: dict[str, Any] = {"error": "", "step": engine.state.step, "reason": engine.state.stop_reason}
     except TrainingError as error:
-        end_process_group()
-        return {"error": str(error), "step": engine.state.step}
-    end_process_group()
-    return {"error": "", "step": engine.state.step, "reason": engine.state.stop_reason}
+        outcome = {"error": str(error), "step": engine.state.step}
+    end_process_group()  # after the except block: its traceback held the DDP module (see end_process_group)
+    return outcome
 
 
 @pytest.mark.slow
@@ -337,11 +338,11 @@ def _failing_save_worker(fabric: Any, config: Config, run_root: str) -> dict[str
                     progress=False)  # fmt: skip
     try:
         engine.fit()
+        outcome: dict[str, Any] = {"error": "", "step": engine.state.step}
     except TrainingError as error:
-        end_process_group()
-        return {"error": str(error), "step": engine.state.step}
+        outcome = {"error": str(error), "step": engine.state.step}
     end_process_group()
-    return {"error": "", "step": engine.state.step}
+    return outcome
 
 
 @pytest.mark.slow
