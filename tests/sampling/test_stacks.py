@@ -21,6 +21,9 @@ from tests.training.test_resume_cli import brainvq as cli
 
 pytestmark = pytest.mark.slow
 
+# Stacks drawn where the test is not about how: one candidate, no guidance (half the time of the defaults)
+CHEAP = ("--candidates", "1", "--guidance", "0")
+
 
 @pytest.fixture(scope="module")
 def stack_run(two_level_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -60,16 +63,11 @@ def test_sample_volumes_writes_stacks_a_viewer_and_brainvq_read_back(stack_run: 
     from brainvq.conform.geometry import stack_volume
 
     out = tmp_path / "stacks"
-    drawn = cli("sample", "--run", str(stack_run), "--volumes", "2", "--out", str(out), "--seed", "3", "--json")
+    drawn = cli("sample", "--run", str(stack_run), "--volumes", "2", "--out", str(out), "--seed", "3", *CHEAP,
+                "--json")  # fmt: skip
     assert drawn.returncode == 0, drawn.stderr[-2000:]
     record = json.loads(drawn.stdout)
     assert record["stacks"] == 2 and record["slices"] == 32 and (out / "stacks.png").stat().st_size > 5000
-    defaults = brainvq.Config().sample
-    assert record["coupling"] == defaults.stack_coupling
-    assert record["sampling"]["top_map_temperature"] == defaults.stack_top_map_temperature  # the stack prior's own
-    assert record["sampling"]["background_check"] is True and record["guidance"] == defaults.stack_guidance
-    assert (record["candidates"], record["rivals"], record["first_map"]) == (
-        defaults.stack_candidates, defaults.stack_rivals, defaults.stack_first_map)  # fmt: skip
     for subject in (1, 2):
         image = nib.load(str(out / f"stack_{subject:03d}.nii.gz"))
         volume = np.asanyarray(image.dataobj)
@@ -79,7 +77,7 @@ def test_sample_volumes_writes_stacks_a_viewer_and_brainvq_read_back(stack_run: 
         assert volume.shape == (64, 64, 32) and np.array_equal(volume, expected)  # the PNGs, in slice order
         assert np.allclose(image.affine, affine) and nib.aff2axcodes(image.affine) == ("A", "L", "S")
     again = cli("sample", "--run", str(stack_run), "--volumes", "2", "--out", str(tmp_path / "again"), "--seed", "3",
-                "--json")  # fmt: skip
+                *CHEAP, "--json")  # fmt: skip
     assert again.returncode == 0
     first = np.asanyarray(nib.load(str(out / "stack_002.nii.gz")).dataobj)
     assert np.array_equal(first, np.asanyarray(nib.load(str(tmp_path / "again" / "stack_002.nii.gz")).dataobj))
@@ -99,7 +97,7 @@ def test_sample_volumes_labels_each_stack_as_the_judge_segments_its_slices(
 
     out = tmp_path / "labelled"
     drawn = cli("sample", "--run", str(stack_run), "--volumes", "2", "--out", str(out), "--labels", str(trained_judge),
-                "--candidates", "1", "--json")  # fmt: skip  # one candidate: this test is about the labels
+                *CHEAP, "--json")  # fmt: skip  # this test is about the labels
     assert drawn.returncode == 0, drawn.stderr[-2000:]
     assert len(json.loads(drawn.stdout)["label_volumes"]) == 2
     segmented = cli("segment", "--judge", str(trained_judge), str(out / "keras_png_slices_generated"),
@@ -127,14 +125,19 @@ def test_sample_volumes_labels_each_stack_as_the_judge_segments_its_slices(
     assert no_judge.returncode != 0 and "nothing" in no_judge.stderr and "Traceback" not in no_judge.stderr
     assert not (tmp_path / "y").exists()
     one = ["sample", "--run", str(stack_run), "--volumes", "1", "--seed", "3", "--json"]
-    plain = cli(*one, "--out", str(tmp_path / "plain"))  # the defaults: best of sample.stack_candidates, no guide
-    guided = cli(*one, "--guidance", "1", "--candidates", "1", "--out", str(tmp_path / "guided"))
-    assert plain.returncode == 0 and guided.returncode == 0, guided.stderr[-2000:]
-    defaults = brainvq.Config().sample
-    assert json.loads(plain.stdout)["candidates"] == defaults.stack_candidates
-    assert json.loads(guided.stdout)["guidance"] == 1 and json.loads(guided.stdout)["candidates"] == 1
+    plain = cli(*one, "--out", str(tmp_path / "plain"))  # the defaults, recorded as such
+    cheap = cli(*one, *CHEAP, "--out", str(tmp_path / "cheap"))
+    assert plain.returncode == 0 and cheap.returncode == 0, cheap.stderr[-2000:]
+    record, defaults = json.loads(plain.stdout), brainvq.Config().sample
+    assert record["coupling"] == defaults.stack_coupling
+    assert record["sampling"]["top_map_temperature"] == defaults.stack_top_map_temperature  # the stack prior's own
+    assert record["sampling"]["background_check"] is True and record["guidance"] == defaults.stack_guidance
+    assert (record["candidates"], record["rivals"], record["first_map"]) == (
+        defaults.stack_candidates, defaults.stack_rivals, defaults.stack_first_map)  # fmt: skip
+    assert (defaults.stack_guidance, defaults.stack_candidates) != (0, 1)  # so the flags below change something
+    assert json.loads(cheap.stdout)["guidance"] == 0 and json.loads(cheap.stdout)["candidates"] == 1
     volume = nib.load(str(tmp_path / "plain" / "stack_001.nii.gz")).get_fdata()
-    assert not np.array_equal(volume, nib.load(str(tmp_path / "guided" / "stack_001.nii.gz")).get_fdata())
+    assert not np.array_equal(volume, nib.load(str(tmp_path / "cheap" / "stack_001.nii.gz")).get_fdata())
     refusals = [(["--guidance", "1"], "--guidance"), (["--candidates", "2"], "--candidates"),
                 (["--volumes", "1", "--guidance", "-1"], "--guidance"), (["--volumes", "1", "--candidates", "0"], "--candidates")]  # fmt: skip
     for bad, flag in refusals:
@@ -213,7 +216,7 @@ def test_slice_0_of_a_stack_is_drawn_as_a_single_slice_top_map(stack_run: Path) 
 
     run = brainvq.load_run(stack_run, "cpu")
     run.config.sample.top_map_temperature = 1.3  # single slices' top maps: another temperature than the stack's
-    stacks = sample_stacks(run, 2, seed=5, first_map="top", candidates=2)
+    stacks = sample_stacks(run, 2, seed=5, first_map="top", candidates=2, guidance=0)  # guidance: not slice 0's
     single = resolve_sampling(run.config.sample, 2)
     assert stacks.first_map == "top" and stacks.candidates == 2
     assert (
@@ -225,9 +228,10 @@ def test_slice_0_of_a_stack_is_drawn_as_a_single_slice_top_map(stack_run: Path) 
                              generator=torch.Generator().manual_seed(5), condition=torch.zeros(2).long(),
                              temperature=single.top_map_temperature, top_p=single.top_map_top_p)  # fmt: skip
     assert torch.equal(stacks.top_codes[:, 0], expected.codes)
-    from_stack = sample_stacks(run, 2, seed=5, first_map="stack", candidates=2)
+    from_stack = sample_stacks(run, 2, seed=5, first_map="stack", candidates=2, guidance=0)
     assert not torch.equal(from_stack.top_codes[:, 0], expected.codes)
-    assert sample_stacks(run, 1, seed=5, candidates=1, rivals=(-2, 2)).rivals == ()  # no choice, no rivals
+    single_candidate = sample_stacks(run, 1, seed=5, candidates=1, guidance=0, rivals=(-2, 2))
+    assert single_candidate.rivals == ()  # no choice, no rivals
     with pytest.raises(RunError, match="first_map must be 'top' or 'stack'"):
         sample_stacks(run, 1, first_map="middle")
 
@@ -291,9 +295,15 @@ def test_the_pipeline_trains_the_stack_prior_and_draws_stacks_when_asked(
 def test_evaluate_samples_volumes_scores_drawn_and_written_stacks_alike(
     stack_run: Path, judge_data: Path, trained_judge: Path, tmp_path: Path
 ) -> None:
+    from brainvq.config import apply_overrides, load_config, save_config
+
+    run = tmp_path / "run"  # the run's own sampling settings draw the stacks: the cheap ones, in a copy
+    shutil.copytree(stack_run, run)
+    save_config(apply_overrides(load_config(run / "config.yaml"), ["sample.stack_candidates=1",
+                                                                   "sample.stack_guidance=0"]), run / "config.yaml")  # fmt: skip
     common = ["evaluate-samples", "--volumes", "--judge", str(trained_judge), "--real", str(judge_data),
               "--split", "train", "--n", "2", "--seed", "0", "--json"]  # fmt: skip
-    drawn = cli(*common, "--run", str(stack_run), "--out", str(tmp_path / "drawn"))
+    drawn = cli(*common, "--run", str(run), "--out", str(tmp_path / "drawn"))
     assert drawn.returncode == 0, drawn.stderr[-2000:]
     result = json.loads(drawn.stdout)
     assert set(result["sets"]) == {"real (floor)", "shuffled real slices", "stack prior", "independent slices"}
@@ -307,11 +317,8 @@ def test_evaluate_samples_volumes_scores_drawn_and_written_stacks_alike(
     assert json.loads((tmp_path / "drawn" / "stack_scores.json").read_text())["sets"] == result["sets"]
 
     written = tmp_path / "written"
-    assert (
-        cli("sample", "--run", str(stack_run), "--volumes", "2", "--seed", "0", "--out", str(written)).returncode
-        == 0
-    )
-    scored = cli(*common, "--samples", str(written), "--run", str(stack_run))
+    assert cli("sample", "--run", str(run), "--volumes", "2", "--seed", "0", "--out", str(written)).returncode == 0
+    scored = cli(*common, "--samples", str(written), "--run", str(run))
     assert scored.returncode == 0, scored.stderr[-2000:]
     from_folder = json.loads(scored.stdout)
     assert "stack prior" not in from_folder["sets"] and set(from_folder["gap_closed"]) == set(result["gap_closed"])
