@@ -30,8 +30,10 @@ browsers:
 	    apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 	  echo "note: Chromium not installed; the report-rendering test will be skipped"
 
+# One pytest-xdist worker per core, whole files per worker (module fixtures are built once);
+# tests/conftest.py gives each worker, and the commands it starts, its share of the threads.
 test: $(STAMP) browsers
-	$(BIN)/python -m pytest -m "not gpu" -q --durations=20
+	$(BIN)/python -m pytest -m "not gpu" -q --durations=20 -n auto --dist loadfile
 
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -12,8 +12,14 @@ from brainvq.config import Config, load_config
 from brainvq.data.phantom import make_phantom
 
 # At most 2 threads; fewer when OMP_NUM_THREADS says so (e.g. while a long run shares the CPU:
-# oversubscribed OpenMP threads slow small kernels down by orders of magnitude).
-torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1)))
+# oversubscribed OpenMP threads slow small kernels down by orders of magnitude). Under pytest-xdist
+# (`make test` runs a worker per core) each worker gets its share of the cores, and so do the
+# commands it starts (they inherit OMP_NUM_THREADS).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+_THREADS = max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", 0)) or (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+torch.set_num_threads(_THREADS)
 
 
 @pytest.fixture(scope="session", autouse=True)
