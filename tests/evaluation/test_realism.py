@@ -180,7 +180,8 @@ def test_too_few_samples_and_re_sliced_training_data(
     trained_judge: Path, judge_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Three samples get one clear line (precision/recall need 4); training data re-written under the
-    same names is judged again rather than served from the cache (issue 35, item 10)."""
+    same names is judged again rather than served from the cache (issue 35, item 10), and the same
+    files copied elsewhere with new modification times are served from it."""
     import os
 
     from PIL import Image
@@ -203,6 +204,11 @@ def test_too_few_samples_and_re_sliced_training_data(
     capsys.readouterr()
     first = sorted((train / "keras_png_slices_train").iterdir())[0]
     Image.open(first).rotate(90).save(first)  # re-sliced: same name, other pixels
-    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
     assert main(scored) == 0
+    assert len(list((trained_judge / "cache").glob("train_features_*.pt"))) == before + 1
+    moved = tmp_path / "moved"  # the same files elsewhere, with new modification times: judged once is enough
+    shutil.copytree(train, moved)
+    for path in (moved / "keras_png_slices_train").iterdir():
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert main([*scored[:-3], "--train", str(moved), "--json"]) == 0
     assert len(list((trained_judge / "cache").glob("train_features_*.pt"))) == before + 1
