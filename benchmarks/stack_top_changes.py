@@ -3,6 +3,8 @@ against a run's stacks, top maps only (judge-free, no bottom maps, no decoding).
 
     python benchmarks/stack_top_changes.py --run runs/oasis --temperatures 1.15 1.0 0.85 [--guidance 0 1]
     python benchmarks/stack_top_changes.py --run runs/oasis --temperatures 1.2 --guidance 0.5 --candidates 4
+    python benchmarks/stack_top_changes.py --run runs/oasis --temperatures 1.2 --guidance 0.5 0.25 --candidates 4 \
+        --rivals -4 -2 2 4 --first-temperature 1.15 --stacks 16 --level
 
 Real: the run's encoded validate top maps of subjects with every slice. Stacks: 8 stacks of top maps
 from the stack prior at each temperature and guidance, seed 0 (``--stacks``, ``--seed``); slice 0 from
@@ -12,6 +14,9 @@ far more codes than real subjects drifts; far fewer, it sticks. Agreement (the s
 inside the head, where either map is not a background code of the real maps' border) of slice k in two
 stacks (``between``: high when the stacks drift toward one typical brain), of slices k and k + S/4 in
 one stack (``within``: high when the anatomy moves too little) and of neighbours (``adjacent``).
+``--level`` adds each map's slice index as the independent top prior reads it (the index of the
+highest likelihood of the whole map), as the mean distance to its own index: real maps give the floor;
+a chain that forgets where in the brain it is scores far above it.
 """
 
 from __future__ import annotations
@@ -96,11 +101,26 @@ def between_by_quarter(stacks: torch.Tensor, background: torch.Tensor) -> list[f
     ]  # (pairs, q, h, w) -> (pairs * q, h, w)
 
 
-def describe(name: str, stacks: torch.Tensor, background: torch.Tensor) -> str:
+@torch.no_grad()
+def level_error(stacks: torch.Tensor, top_prior: torch.nn.Module) -> float:
+    """Mean |k_hat - k| over the maps (N, S, h, w), k_hat the index at which the top prior finds the
+    whole map likeliest."""
+    count, slices = stacks.shape[:2]
+    maps = stacks.flatten(0, 1)  # (N, S, h, w) -> (N*S, h, w), slice k at rows k, S + k, ...
+    reader = Selection(top_prior, 1)
+    likelihoods = torch.stack(
+        [torch.cat([reader.log_likelihood(part, index) for part in maps.split(64)]) for index in range(slices)], 1
+    )  # S x (N*S,) -> (N*S, S)
+    own = torch.arange(slices).repeat(count)
+    return float((likelihoods.argmax(1) - own).abs().float().mean())
+
+
+def describe(name: str, stacks: torch.Tensor, background: torch.Tensor, top_prior: torch.nn.Module | None) -> str:
     scores, quarters = agreement(stacks, background), between_by_quarter(stacks, background)
+    level = f"; level error {level_error(stacks, top_prior):.2f} slices" if top_prior is not None else ""
     return (f"{name}: {changed_share(stacks):.3f} of the top codes change per slice; agreement between stacks "
             f"{scores['between']:.3f}, within (k, k+S/4) {scores['within']:.3f}, adjacent {scores['adjacent']:.3f}; "
-            f"between by quarter {' '.join(f'{q:.3f}' for q in quarters)}")  # fmt: skip
+            f"between by quarter {' '.join(f'{q:.3f}' for q in quarters)}{level}")  # fmt: skip
 
 
 def main() -> None:
@@ -114,21 +134,35 @@ def main() -> None:
     parser.add_argument("--first", choices=["top", "stack"], help="which prior draws slice 0 (default: top with "
                         "--candidates above 1, else stack)")  # fmt: skip
     parser.add_argument("--independent", action="store_true", help="also slices drawn one by one by the top prior")
+    parser.add_argument("--rivals", type=int, nargs="*", help="with --candidates: index offsets (default: the run's "
+                        "sample.stack_rivals)")  # fmt: skip
+    parser.add_argument("--first-temperature", type=float, help="slice 0 from the top prior at this temperature "
+                        "(default: the run's sample.top_map_temperature)")  # fmt: skip
+    parser.add_argument(
+        "--level", action="store_true", help="also each map's slice index as the top prior reads it"
+    )
     args = parser.parse_args()
     run = brainvq.load_run(args.run, "cpu")
     prior = run.require_stack_prior()
     num_slices = int(prior.config.num_slices)
     real = real_stacks(CodeMaps.load(run.root.code_file(run.config.data.val_split)), num_slices)
     background = background_codes(real)
-    print(describe(f"real validate subjects ({len(real)})", real, background))
     top_prior, reference = run.require_top_prior(), run_background(run)  # the run's background check, once
+    reader = top_prior if args.level else None
+    print(describe(f"real validate subjects ({len(real)})", real, background, reader))
+    rivals = tuple(run.config.sample.stack_rivals if args.rivals is None else args.rivals)
+    first_temperature = args.first_temperature or run.config.sample.top_map_temperature
     if args.independent:  # as single slices: each index drawn alone (only ``between`` compares with real)
         condition = torch.arange(num_slices).repeat(args.stacks)
         loose = draw_top_maps(top_prior, len(condition), run.top_code_shape, reference, condition=condition,
                               generator=torch.Generator().manual_seed(args.seed), batch_size=num_slices,
                               temperature=run.config.sample.top_map_temperature).codes  # fmt: skip
         stacked = loose.view(args.stacks, num_slices, *loose.shape[1:])  # (N*S, h, w) -> (N, S, h, w)
-        print(describe(f"independent slices, T {run.config.sample.top_map_temperature:g}", stacked, background))
+        print(
+            describe(
+                f"independent slices, T {run.config.sample.top_map_temperature:g}", stacked, background, reader
+            )
+        )
     for weight in args.guidance:
         guide = Guide(top_prior, weight) if weight > 0 else None
         for temperature in args.temperatures:
@@ -137,15 +171,15 @@ def main() -> None:
             if first_by == "top":  # slice 0 as a single slice's
                 first = draw_top_maps(top_prior, args.stacks, run.top_code_shape, reference, generator=generator,
                                       condition=torch.zeros(args.stacks, dtype=torch.long),
-                                      temperature=run.config.sample.top_map_temperature, batch_size=args.stacks).codes  # fmt: skip
+                                      temperature=first_temperature, batch_size=args.stacks).codes  # fmt: skip
             if args.candidates > 1:  # as sample --volumes: the best of N by index
-                selection = Selection(top_prior, args.candidates, tuple(run.config.sample.stack_rivals))
+                selection = Selection(top_prior, args.candidates, rivals)
             drawn = draw_stack_top_maps(
                 prior, args.stacks, num_slices, run.top_code_shape, generator=generator, first=first,
                 selection=selection, background=reference, temperature=temperature, guide=guide,
             )  # fmt: skip
             print(describe(f"stacks, T {temperature:g}, guidance {weight:g}, best of {args.candidates}, first {first_by}",
-                           drawn.codes, background))  # fmt: skip
+                           drawn.codes, background, reader))  # fmt: skip
 
 
 if __name__ == "__main__":
